@@ -1,0 +1,15 @@
+//! Seshat: live support analytics for Slack help channels.
+//!
+//! The layout follows the data:
+//! - [`slack`] decodes Events API bodies into [`model::Delivery`] values;
+//! - [`engine`] is the pure core: it applies deliveries to ticket state and keeps
+//!   every statistic of the spec incrementally (no I/O, no clock reads);
+//! - [`report`] holds the API's answer shapes;
+//! - [`text`] derives titles and reads macros;
+//! - [`time`] parses and prints instants.
+
+pub mod engine;
+pub mod model;
+pub mod report;
+pub mod text;
+pub mod time;
