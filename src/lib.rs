@@ -8,8 +8,12 @@
 //! - [`text`] derives titles and reads macros;
 //! - [`time`] parses and prints instants.
 
+pub mod demo;
 pub mod engine;
+pub mod metrics;
 pub mod model;
 pub mod report;
+pub mod server;
+pub mod slack;
 pub mod text;
 pub mod time;

@@ -1,3 +1,363 @@
-fn main() {
-    println!("Hello, world!");
+//! The `seshat` command: serve, demo, replay.
+
+use clap::{Args, Parser, Subcommand};
+use seshat::demo::Demo;
+use seshat::engine::{Engine, Outcome};
+use seshat::model::Config;
+use seshat::server::{self, App, Clock, Settings};
+use seshat::slack;
+use seshat::time::{Micros, DAY};
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Live support analytics for Slack help channels.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the API for real Slack channels (Events API at POST /slack/events).
+    Serve(Common),
+    /// Serve the API fed by a built-in simulated help channel (no Slack needed).
+    Demo(Common),
+    /// Apply a file of Events API bodies (one JSON per line) and print /api/stats_v2.
+    Replay {
+        /// The JSONL file.
+        file: PathBuf,
+        /// Keep serving the result instead of exiting.
+        #[arg(long)]
+        serve: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Address to listen on (default 0.0.0.0:$PORT).
+    #[arg(long, env = "LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Port, when --listen is not given.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    port: u16,
+    /// Slack signing secret for the Events API endpoint.
+    #[arg(long, env = "SLACK_SIGNING_SECRET", hide_env_values = true)]
+    signing_secret: Option<String>,
+    /// Slack bot token (xoxb-…), for the helper roster and backfill.
+    #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
+    bot_token: Option<String>,
+    /// Slack app-level token (xapp-…), for Socket Mode.
+    #[arg(long, env = "SLACK_APP_TOKEN", hide_env_values = true)]
+    app_token: Option<String>,
+    /// Help channel ids, comma-separated.
+    #[arg(long, env = "SLACK_HELP_CHANNEL", value_delimiter = ',')]
+    help_channel: Vec<String>,
+    /// The team channel whose members are helpers.
+    #[arg(long, env = "SLACK_BTS_CHANNEL")]
+    bts_channel: Option<String>,
+    /// Close tickets idle for this many days.
+    #[arg(long, env = "STALE_TICKET_DAYS")]
+    stale_ticket_days: Option<u32>,
+    /// Helper Slack user ids, comma-separated.
+    #[arg(long, env = "HELPERS", value_delimiter = ',')]
+    helpers: Vec<String>,
+    /// Slack user ids of bots allowed to resolve and reopen, comma-separated.
+    #[arg(long, env = "TRUSTED_BOTS", value_delimiter = ',')]
+    trusted_bots: Vec<String>,
+    /// Macro names that resolve a ticket besides ?resolve and ?close.
+    #[arg(long, env = "RESOLVING_MACROS", value_delimiter = ',')]
+    resolving_macros: Option<Vec<String>>,
+    /// The reaction that resolves a ticket.
+    #[arg(long, env = "RESOLUTION_REACTION", default_value = "white_check_mark")]
+    resolution_reaction: String,
+    /// Workspace subdomain used in ticket links.
+    #[arg(long, env = "SLACK_WORKSPACE", default_value = "hackclub")]
+    workspace: String,
+    /// Directory for snapshots and the journal.
+    #[arg(long, env = "DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Freeze the stats clock at this ISO 8601 instant.
+    #[arg(long, env = "SESHAT_NOW")]
+    now: Option<String>,
+    /// Serve every description as an empty string.
+    #[arg(long, env = "HIDE_DESCRIPTIONS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    hide_descriptions: bool,
+}
+
+/// A configuration problem: reported on stderr with exit code 2.
+#[derive(Debug)]
+struct ConfigError(String);
+
+fn slack_id_ok(id: &str, prefixes: &[char]) -> bool {
+    id.len() >= 3
+        && id.starts_with(prefixes)
+        && id
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+impl Common {
+    fn clock(&self) -> Result<Clock, ConfigError> {
+        match self.now.as_deref().filter(|s| !s.is_empty()) {
+            None => Ok(Clock::Wall),
+            Some(s) => Micros::parse_iso(s).map(Clock::Fixed).map_err(|_| {
+                ConfigError(format!(
+                    "--now / SESHAT_NOW: not an ISO 8601 instant: {s:?}"
+                ))
+            }),
+        }
+    }
+
+    fn engine_config(&self) -> Result<Config, ConfigError> {
+        let clean = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let help_channels = clean(&self.help_channel);
+        for c in help_channels.iter().chain(self.bts_channel.iter()) {
+            if !slack_id_ok(c, &['C', 'G']) {
+                return Err(ConfigError(format!(
+                    "malformed channel id {c:?}: expected a Slack channel id such as C0123ABCD"
+                )));
+            }
+        }
+        for u in clean(&self.helpers)
+            .iter()
+            .chain(clean(&self.trusted_bots).iter())
+        {
+            if !slack_id_ok(u, &['U', 'W', 'B']) {
+                return Err(ConfigError(format!(
+                    "malformed user id {u:?}: expected a Slack user id such as U0123ABCD"
+                )));
+            }
+        }
+        let mut config = Config {
+            help_channels,
+            team_channel: self.bts_channel.clone().filter(|s| !s.is_empty()),
+            helpers: clean(&self.helpers),
+            trusted_bots: clean(&self.trusted_bots),
+            resolution_reaction: self.resolution_reaction.trim_matches(':').to_string(),
+            stale_after_days: self.stale_ticket_days.filter(|d| *d > 0),
+            workspace: self.workspace.clone(),
+            ..Config::default()
+        };
+        if let Some(m) = &self.resolving_macros {
+            config.resolving_macros = clean(m).into_iter().map(|s| s.to_lowercase()).collect();
+        }
+        Ok(config)
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            signing_secret: self.signing_secret.clone().filter(|s| !s.is_empty()),
+            hide_descriptions: self.hide_descriptions,
+            ..Settings::default()
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.port)))
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(ConfigError(m))) => {
+            eprintln!("configuration error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(ConfigError),
+    Runtime(String),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Serve(common) => {
+            let config = common.engine_config()?;
+            if config.help_channels.is_empty() {
+                return Err(ConfigError("SLACK_HELP_CHANNEL is required for serve".into()).into());
+            }
+            if common.signing_secret.as_deref().unwrap_or("").is_empty() {
+                return Err(ConfigError(
+                    "SLACK_SIGNING_SECRET is required for serve (Slack app → Basic Information → Signing Secret)"
+                        .into(),
+                )
+                .into());
+            }
+            let clock = common.clock()?;
+            let app = Arc::new(App::new(Engine::new(config), clock, common.settings()));
+            listen(app, common.addr()).await
+        }
+        Command::Demo(common) => {
+            let clock = common.clock()?;
+            let mut config = seshat::demo::config();
+            config.workspace = common.workspace.clone();
+            if common.workspace == "hackclub" {
+                config.workspace = "demo".into();
+            }
+            let app = Arc::new(App::new(Engine::new(config), clock, common.settings()));
+            let now = clock.now();
+            let mut demo = Demo::new(now.plus(-14 * DAY), 42);
+            let history = demo.until(now);
+            for d in &history {
+                app.ingest(d).map_err(|e| Failure::Runtime(e.to_string()))?;
+            }
+            tracing::info!(
+                events = history.len(),
+                "demo: back-filled two weeks of history"
+            );
+            if clock == Clock::Wall {
+                let live = app.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tick.tick().await;
+                        for d in demo.until(Micros::now()) {
+                            let _ = live.ingest(&d);
+                        }
+                    }
+                });
+            }
+            listen(app, common.addr()).await
+        }
+        Command::Replay {
+            file,
+            serve,
+            common,
+        } => {
+            let config = common.engine_config()?;
+            let clock = common.clock()?;
+            let app = Arc::new(App::new(Engine::new(config), clock, common.settings()));
+            replay(&app, &file)?;
+            if serve {
+                listen(app, common.addr()).await
+            } else {
+                let json = app.stats_v2_json(0, clock.now());
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&json);
+                let _ = out.write_all(b"\n");
+                Ok(())
+            }
+        }
+    }
+}
+
+fn replay(app: &App, file: &PathBuf) -> Result<(), Failure> {
+    let f = std::fs::File::open(file)
+        .map_err(|e| Failure::Runtime(format!("cannot open {}: {e}", file.display())))?;
+    let total = f.metadata().map(|m| m.len()).unwrap_or(0).max(1);
+    let reader = std::io::BufReader::new(f);
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let (mut applied, mut ignored, mut rejected, mut read_bytes) = (0u64, 0u64, 0u64, 0u64);
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| Failure::Runtime(format!("read error: {e}")))?;
+        read_bytes += line.len() as u64 + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match slack::decode(line.as_bytes()) {
+            Ok(slack::Body::Event(d)) => match app.ingest(&d) {
+                Ok(Outcome::Applied) => applied += 1,
+                Ok(_) => ignored += 1,
+                Err(e) => return Err(Failure::Runtime(format!("journal: {e}"))),
+            },
+            Ok(slack::Body::Rejected { reason, .. }) => {
+                eprintln!("line {}: rejected: {reason}", n + 1);
+                rejected += 1;
+            }
+            Ok(_) => ignored += 1,
+            Err(e) => {
+                eprintln!("line {}: skipped: {e}", n + 1);
+                rejected += 1;
+            }
+        }
+        if last_report.elapsed() > Duration::from_secs(1) {
+            last_report = Instant::now();
+            let secs = started.elapsed().as_secs_f64();
+            let rate = (applied + ignored + rejected) as f64 / secs;
+            let eta = secs * (total as f64 / read_bytes as f64 - 1.0);
+            eprintln!(
+                "replay: {:.0}% · {rate:.0} events/s · ETA {eta:.0}s",
+                100.0 * read_bytes as f64 / total as f64
+            );
+        }
+    }
+    eprintln!("replay: {applied} applied, {ignored} ignored, {rejected} rejected");
+    Ok(())
+}
+
+async fn listen(app: Arc<App>, addr: SocketAddr) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::Runtime(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    tracing::info!("listening on http://{local}/ (dashboard), http://{local}/api/stats_v2");
+    server::serve(app, listener, shutdown_signal())
+        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
 }

@@ -145,6 +145,9 @@ mod tests {
         assert!(Micros::parse_iso("yesterday").is_err());
         assert!(Micros::parse_iso("2026-13-01").is_err());
         assert_eq!(midnight.to_iso(), "2026-01-01T00:00:00Z");
-        assert_eq!(Micros(1_767_225_600_000_100).to_iso(), "2026-01-01T00:00:00.000100Z");
+        assert_eq!(
+            Micros(1_767_225_600_000_100).to_iso(),
+            "2026-01-01T00:00:00.000100Z"
+        );
     }
 }

@@ -82,7 +82,11 @@ impl Dist {
         } else {
             &mut self.removed
         };
-        h.saturating_record(v);
+        // `record` grows the auto-resizing histogram; `saturating_record` would
+        // never resize and would clamp every value beyond the initial range.
+        if h.record(v).is_err() {
+            h.saturating_record(v);
+        }
         self.cached = None;
     }
 
@@ -248,11 +252,44 @@ mod tests {
     }
 
     #[test]
+    fn large_durations_are_recorded_not_clamped() {
+        let mut d = Dist::default();
+        let day = 86_400_000_000i64;
+        for v in [day, 2 * day, 3 * day] {
+            d.add(v, 1);
+        }
+        d.add(3 * day, -1);
+        let p = d.percentiles().unwrap();
+        // values {1 day, 2 days}: ranks 1, 2, 2 -> 1440 min, 2880 min, within 1%
+        assert!((p.p50 - 1440.0).abs() <= 14.4, "{p:?}");
+        assert!((p.p90 - 2880.0).abs() <= 28.8, "{p:?}");
+        assert!((p.p99 - 2880.0).abs() <= 28.8, "{p:?}");
+    }
+
+    #[test]
     fn removing_everything_gives_none() {
         let mut d = Dist::default();
         d.add(600_000_000, 1);
         assert!(d.percentiles().is_some());
         d.add(600_000_000, -1);
         assert_eq!(d.percentiles(), None);
+    }
+}
+
+#[cfg(test)]
+mod big_values {
+    use super::*;
+
+    #[test]
+    fn large_values_within_one_percent() {
+        let mut d = Dist::default();
+        for v in [60_000_000i64 * 5, 60_000_000 * 30, 60_000_000 * 90] {
+            d.add(v, 1);
+        }
+        d.add(60_000_000 * 7, 1);
+        d.add(60_000_000 * 7, -1);
+        let p = d.percentiles().unwrap();
+        assert!((p.p50 - 30.0).abs() / 30.0 < 0.01, "{p:?}");
+        assert!((p.p99 - 90.0).abs() / 90.0 < 0.01, "{p:?}");
     }
 }

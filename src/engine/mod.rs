@@ -196,6 +196,11 @@ impl Engine {
         }
     }
 
+    /// Whether a delivery with this `event_id` was applied (within the dedupe horizon).
+    pub fn has_seen(&self, event_id: &str) -> bool {
+        self.seen.contains(event_id)
+    }
+
     /// The configuration it runs with.
     pub fn config(&self) -> &Config {
         &self.config
@@ -304,7 +309,9 @@ impl Engine {
     fn remember(&mut self, id: &str, at: Micros) {
         self.seen.insert(id.to_string());
         self.seen_order.push_back((at, id.to_string()));
-        let horizon = self.clock.unwrap_or(at).plus(-DEDUPE_HORIZON);
+        // Measured from the delivery's own time, not the stale clock: answers at a
+        // fixed `now` far ahead of the deliveries must not evict their ids (R11).
+        let horizon = at.plus(-DEDUPE_HORIZON);
         while let Some((t, _)) = self.seen_order.front() {
             if *t >= horizon {
                 break;
@@ -705,7 +712,9 @@ impl Engine {
         if t.status == Status::Closed {
             return None;
         }
-        let base = t.reopened_at.map_or(t.last_msg_at, |r| r.max(t.last_msg_at));
+        let base = t
+            .reopened_at
+            .map_or(t.last_msg_at, |r| r.max(t.last_msg_at));
         Some(base.plus(i64::from(days) * DAY))
     }
 
@@ -927,7 +936,9 @@ impl Engine {
 
     /// Slack id of a user id.
     pub fn slack_id(&self, u: UserId) -> Option<&str> {
-        self.users.get((u.0 as usize).checked_sub(1)?).map(String::as_str)
+        self.users
+            .get((u.0 as usize).checked_sub(1)?)
+            .map(String::as_str)
     }
 
     /// The id of the helper channel at `ix`.
