@@ -15,5 +15,6 @@ pub mod model;
 pub mod report;
 pub mod server;
 pub mod slack;
+pub mod store;
 pub mod text;
 pub mod time;

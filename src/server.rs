@@ -1,12 +1,13 @@
 //! The HTTP shell: hyper 1 routes over the engine, the signed Slack endpoint,
 //! and the Server-Sent Events stream.
 
+use crate::engine::series::Width;
 use crate::engine::{Engine, Outcome, TicketQuery};
 use crate::metrics::Metrics;
 use crate::model::{Delivery, Status};
 use crate::report::LegacyStats;
 use crate::slack::{self, Body as SlackBody};
-use crate::time::Micros;
+use crate::time::{Micros, DAY};
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
@@ -292,6 +293,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> (&'static str, Handled
         ("/api/stats_v2", Method::GET),
         ("/api/stats", Method::GET),
         ("/api/stats/range", Method::GET),
+        ("/api/stats/timeseries", Method::GET),
         ("/api/tickets", Method::GET),
         ("/api/ticket", Method::GET),
         ("/api/user", Method::GET),
@@ -347,7 +349,11 @@ fn read_route(app: &Arc<App>, name: &str, q: &Query, etag: Option<&HeaderValue>)
         "/api/stats/range" => {
             let since = iso_param(q.either("since", "after"))?.unwrap_or(Micros(0));
             let until = iso_param(q.either("until", "before"))?.unwrap_or(now);
-            let stats = app.engine().range_stats(since, until, scope);
+            let stats = {
+                let mut engine = app.engine();
+                engine.advance(now);
+                engine.range_stats(since, until, scope)
+            };
             Ok(ok_json(&json!({
                 "stats": stats,
                 "since": since.to_iso(),
@@ -355,6 +361,7 @@ fn read_route(app: &Arc<App>, name: &str, q: &Query, etag: Option<&HeaderValue>)
             })))
         }
         "/api/tickets" => tickets(app, q, scope, now),
+        "/api/stats/timeseries" => timeseries(app, q, scope, now),
         "/api/ticket" => {
             let Some(raw) = q.get("id") else {
                 return Err(error(StatusCode::BAD_REQUEST, "missing_ticket_id"));
@@ -434,6 +441,35 @@ fn tickets(app: &App, q: &Query, scope: usize, now: Micros) -> Handled {
         list.iter_mut().for_each(|t| t.description.clear());
     }
     Ok(ok_json(&list))
+}
+
+/// Most buckets one timeseries answer may hold.
+const MAX_BUCKETS: i64 = 5_000;
+
+fn timeseries(app: &App, q: &Query, scope: usize, now: Micros) -> Handled {
+    let width = match q.get("bucket") {
+        None => Width::Hour,
+        Some(b) => Width::parse(b).ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid bucket parameter: {b}"),
+            )
+        })?,
+    };
+    let until = iso_param(q.either("until", "before"))?.unwrap_or(now);
+    let since = iso_param(q.either("since", "after"))?.unwrap_or(until.plus(-7 * DAY));
+    let count = (until.0 - width.floor(since)).max(0) / width.micros();
+    if count > MAX_BUCKETS {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("Too many buckets: {count} (at most {MAX_BUCKETS}); narrow since/until or use bucket=day"),
+        ));
+    }
+    let mut engine = app.engine();
+    engine.advance(now);
+    let points = engine.timeseries(width, since, until, scope);
+    drop(engine);
+    Ok(ok_json(&json!({ "bucket": width.as_str(), "buckets": points })))
 }
 
 fn dashboard() -> Response<Body> {

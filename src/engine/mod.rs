@@ -6,6 +6,7 @@
 //! `now` by visiting only the tickets whose timestamps cross a window edge.
 
 pub mod aggregate;
+pub mod series;
 
 use crate::model::{Config, Delivery, Event, LastBy, Message, Status, Ticket, TicketId, UserId};
 use crate::report::{
@@ -76,6 +77,8 @@ struct Group {
     by_status: [BTreeSet<(Micros, TicketId)>; 3],
     /// Per user: tickets opened, and closes credited on others' tickets.
     users: HashMap<UserId, (i64, i64)>,
+    /// Hour and day buckets for the time series.
+    series: series::Series,
 }
 
 /// The engine: ticket state, users, helpers and every maintained statistic.
@@ -386,23 +389,36 @@ impl Engine {
                 return;
             }
         }
+        let Some(t) = self.ticket_ref(id) else { return };
+        let known = self.user_ix.get(user).copied();
+        let by = if known == Some(t.opened_by) {
+            LastBy::Author
+        } else if helper {
+            LastBy::Helper
+        } else {
+            LastBy::Other
+        };
+        let moves_last = m.at > t.last_msg_at || (m.at == t.last_msg_at && t.last_msg_by != by);
+        let first_other = by != LastBy::Author && !t.others_replied;
+        let assigns = helper
+            && t.status != Status::Closed
+            && (t.status != Status::InProgress
+                || t.assigned_to != known
+                || t.assigned_at.is_none());
+        // A reply that would change nothing gives its sender no user id (see lifecycle.md).
+        if !(moves_last || first_other || assigns) {
+            return;
+        }
         let uid = self.user_id(user);
         self.change(id, |t| {
-            let by = if uid == t.opened_by {
-                LastBy::Author
-            } else if helper {
-                LastBy::Helper
-            } else {
-                LastBy::Other
-            };
             if m.at >= t.last_msg_at {
                 t.last_msg_at = m.at;
                 t.last_msg_by = by;
             }
-            if uid != t.opened_by {
+            if by != LastBy::Author {
                 t.others_replied = true;
             }
-            if helper && t.status != Status::Closed {
+            if assigns {
                 t.assigned_to = Some(uid);
                 t.status = Status::InProgress;
                 t.assigned_at.get_or_insert(m.at);
@@ -649,6 +665,7 @@ impl Engine {
             if unanswered(t) {
                 g.unanswered.remove(&(t.last_msg_at, t.id));
             }
+            g.series.contribute(t, -1);
             let u = g.users.entry(t.opened_by).or_default();
             u.0 -= 1;
             if let Some(c) = credited_other(t) {
@@ -686,6 +703,7 @@ impl Engine {
             if unanswered(&t) {
                 g.unanswered.insert((t.last_msg_at, t.id));
             }
+            g.series.contribute(&t, 1);
             g.users.entry(t.opened_by).or_default().0 += 1;
             if let Some(c) = credited_other(&t) {
                 g.users.entry(c).or_default().1 += 1;
@@ -840,6 +858,17 @@ impl Engine {
             }
         }
         self.time_bound(&mut agg)
+    }
+
+    /// Per-bucket counts and hang times for `[since, until)`: O(buckets).
+    pub fn timeseries(
+        &self,
+        width: series::Width,
+        since: Micros,
+        until: Micros,
+        scope: usize,
+    ) -> Vec<series::Point> {
+        self.groups[scope].series.points(width, since, until)
     }
 
     /// One ticket, if it exists in the scope.
