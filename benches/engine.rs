@@ -248,10 +248,7 @@ fn main() {
         } else {
             common::build(n, now).0
         };
-        engines.push(Built {
-            tickets: n,
-            engine,
-        });
+        engines.push(Built { tickets: n, engine });
     }
 
     bench_apply(&mut c, &rec, if full { 100_000 } else { 1_000 }, now);
@@ -278,7 +275,10 @@ fn main() {
             m.build.as_secs_f64()
         );
     }
-    eprintln!("{:<30}{:>14}{:>14}{:>14}", "tickets", "same_now ns", "step_1s ns", "list10 ns");
+    eprintln!(
+        "{:<30}{:>14}{:>14}{:>14}",
+        "tickets", "same_now ns", "step_1s ns", "list10 ns"
+    );
     for (b, k) in engines.iter().zip(&found) {
         let n = b.tickets;
         eprintln!(

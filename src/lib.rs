@@ -8,6 +8,7 @@
 //! - [`text`] derives titles and reads macros;
 //! - [`time`] parses and prints instants.
 
+pub mod connect;
 pub mod demo;
 pub mod engine;
 pub mod metrics;

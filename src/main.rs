@@ -1,6 +1,7 @@
-//! The `seshat` command: serve, demo, replay.
+//! The `seshat` command: serve, demo, replay, backfill.
 
 use clap::{Args, Parser, Subcommand};
+use seshat::connect::{self, SlackApi};
 use seshat::demo::Demo;
 use seshat::engine::{Engine, Outcome};
 use seshat::model::Config;
@@ -32,6 +33,21 @@ enum Command {
     Replay {
         /// The JSONL file.
         file: PathBuf,
+        /// Keep serving the result instead of exiting.
+        #[arg(long)]
+        serve: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Read the help channels' history from Slack (SLACK_BOT_TOKEN) and apply it,
+    /// then print /api/stats_v2.
+    Backfill {
+        /// Read top-level messages from this ISO 8601 instant on.
+        #[arg(long)]
+        since: String,
+        /// Stop at this ISO 8601 instant (default: now).
+        #[arg(long)]
+        until: Option<String>,
         /// Keep serving the result instead of exiting.
         #[arg(long)]
         serve: bool,
@@ -90,6 +106,15 @@ struct Common {
     /// Serve every description as an empty string.
     #[arg(long, env = "HIDE_DESCRIPTIONS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     hide_descriptions: bool,
+    /// Minutes between two reads of the team channel's members (with SLACK_BOT_TOKEN).
+    #[arg(long, env = "ROSTER_SYNC_MINUTES", default_value_t = 60)]
+    roster_sync_minutes: u64,
+    /// Requests per minute for conversations.history/replies (default: Slack's Tier 3, 50).
+    #[arg(long, env = "SLACK_HISTORY_RATE")]
+    history_rate: Option<u32>,
+    /// At start-up with SLACK_BOT_TOKEN, read what Slack has since the newest applied event.
+    #[arg(long, env = "SLACK_CATCH_UP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    catch_up: bool,
 }
 
 /// A configuration problem: reported on stderr with exit code 2.
@@ -165,6 +190,21 @@ impl Common {
         }
     }
 
+    fn bot_token(&self) -> Option<&str> {
+        self.bot_token.as_deref().filter(|s| !s.is_empty())
+    }
+
+    fn app_token(&self) -> Option<&str> {
+        self.app_token.as_deref().filter(|s| !s.is_empty())
+    }
+
+    fn api_options(&self) -> connect::ApiOptions {
+        connect::ApiOptions {
+            history_per_minute: self.history_rate,
+            ..connect::ApiOptions::default()
+        }
+    }
+
     fn addr(&self) -> SocketAddr {
         self.listen
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.port)))
@@ -217,16 +257,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if config.help_channels.is_empty() {
                 return Err(ConfigError("SLACK_HELP_CHANNEL is required for serve".into()).into());
             }
-            if common.signing_secret.as_deref().unwrap_or("").is_empty() {
+            if common.signing_secret.as_deref().unwrap_or("").is_empty()
+                && common.app_token().is_none()
+            {
                 return Err(ConfigError(
-                    "SLACK_SIGNING_SECRET is required for serve (Slack app → Basic Information → Signing Secret)"
+                    "SLACK_SIGNING_SECRET (Events API: Slack app → Basic Information → Signing Secret) or SLACK_APP_TOKEN (Socket Mode) is required for serve"
                         .into(),
                 )
                 .into());
             }
             let clock = common.clock()?;
             let app = Arc::new(App::new(Engine::new(config), clock, common.settings()));
-            listen(app, common.addr()).await
+            let socket = start_slack(&app, &common).await;
+            let served = listen(app, common.addr()).await;
+            if let Some(s) = socket {
+                s.shutdown().await;
+            }
+            served
         }
         Command::Demo(common) => {
             let clock = common.clock()?;
@@ -279,7 +326,118 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(())
             }
         }
+        Command::Backfill {
+            since,
+            until,
+            serve,
+            common,
+        } => {
+            let app = backfill(&common, &since, until.as_deref()).await?;
+            if serve {
+                listen(app, common.addr()).await
+            } else {
+                let json = app.stats_v2_json(0, app.clock.now());
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&json);
+                let _ = out.write_all(b"\n");
+                Ok(())
+            }
+        }
     }
+}
+
+/// `serve`'s Slack clients, as the tokens allow: Socket Mode (SLACK_APP_TOKEN);
+/// the helper roster, a catch-up backfill and the periodic roster (SLACK_BOT_TOKEN).
+/// A Slack problem is logged on one line and the server keeps serving.
+async fn start_slack(app: &Arc<App>, common: &Common) -> Option<connect::SocketMode> {
+    if common.app_token().is_none() && common.bot_token().is_none() {
+        return None;
+    }
+    let live_since = Micros::now();
+    let client = match connect::https_client(&common.api_options()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("cannot set up the Slack client (TLS roots): {e}");
+            return None;
+        }
+    };
+    let socket = match common.app_token() {
+        None => None,
+        Some(token) => {
+            let opts = connect::SocketOptions::default();
+            match connect::start_socket_mode(app.clone(), client.clone(), token, opts).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!("Socket Mode: {e}");
+                    None
+                }
+            }
+        }
+    };
+    if let Some(token) = common.bot_token() {
+        match SlackApi::connect(client, token, common.api_options()).await {
+            Ok(api) => {
+                connect::spawn_start_up(
+                    app.clone(),
+                    Arc::new(api),
+                    common.bts_channel.clone().filter(|c| !c.is_empty()),
+                    Duration::from_secs(common.roster_sync_minutes.max(1) * 60),
+                    common.catch_up,
+                    live_since,
+                );
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    } else if common.bts_channel.is_some() {
+        tracing::info!("SLACK_BTS_CHANNEL without SLACK_BOT_TOKEN: helpers come from HELPERS and member events only");
+    }
+    socket
+}
+
+async fn backfill(
+    common: &Common,
+    since: &str,
+    until: Option<&str>,
+) -> Result<Arc<App>, Failure> {
+    let config = common.engine_config()?;
+    if config.help_channels.is_empty() {
+        return Err(ConfigError("SLACK_HELP_CHANNEL is required for backfill".into()).into());
+    }
+    let Some(token) = common.bot_token() else {
+        return Err(ConfigError(
+            "SLACK_BOT_TOKEN is required for backfill (Slack app → OAuth & Permissions → Bot User OAuth Token)"
+                .into(),
+        )
+        .into());
+    };
+    let iso = |name: &str, s: &str| {
+        Micros::parse_iso(s)
+            .map_err(|_| ConfigError(format!("{name}: not an ISO 8601 instant: {s:?}")))
+    };
+    let since = iso("--since", since)?;
+    let until = until.map(|u| iso("--until", u)).transpose()?;
+    let clock = common.clock()?;
+    let channels = config.help_channels.clone();
+    let team = config.team_channel.clone();
+    let app = Arc::new(App::new(Engine::new(config), clock, common.settings()));
+    let client = connect::https_client(&common.api_options())
+        .map_err(|e| Failure::Runtime(format!("cannot set up the Slack client (TLS roots): {e}")))?;
+    let api = SlackApi::connect(client, token, common.api_options())
+        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    if let Some(team) = team {
+        connect::sync_roster(&app, &api, &team)
+            .await
+            .map_err(|e| Failure::Runtime(e.to_string()))?;
+    }
+    let opts = connect::BackfillOptions {
+        until,
+        ..connect::BackfillOptions::since(since)
+    };
+    connect::backfill_with(&app, &api, &channels, &opts)
+        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    Ok(app)
 }
 
 fn replay(app: &App, file: &PathBuf) -> Result<(), Failure> {

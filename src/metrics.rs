@@ -36,6 +36,10 @@ pub struct Metrics {
     pub snapshot_bytes: Gauge,
     /// Records in the journal since the last snapshot.
     pub journal_records: Gauge,
+    /// Open Socket Mode connections (that have said hello).
+    pub socket_connections: Gauge,
+    /// Socket Mode reconnections (refresh requests, drops, watchdog).
+    pub socket_reconnects: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -57,6 +61,8 @@ impl Default for Metrics {
         let snapshot_duration = FloatGauge::default();
         let snapshot_bytes = Gauge::default();
         let journal_records = Gauge::default();
+        let socket_connections = Gauge::default();
+        let socket_reconnects = Counter::default();
         registry.register("events", "Slack events by kind and outcome", events.clone());
         registry.register(
             "requests",
@@ -104,6 +110,16 @@ impl Default for Metrics {
             "Journal records since the last snapshot",
             journal_records.clone(),
         );
+        registry.register(
+            "socket_connections",
+            "Open Slack Socket Mode connections",
+            socket_connections.clone(),
+        );
+        registry.register(
+            "socket_reconnects",
+            "Slack Socket Mode reconnections",
+            socket_reconnects.clone(),
+        );
         Metrics {
             registry,
             events,
@@ -117,6 +133,8 @@ impl Default for Metrics {
             snapshot_duration,
             snapshot_bytes,
             journal_records,
+            socket_connections,
+            socket_reconnects,
         }
     }
 }

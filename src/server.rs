@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// Largest accepted Slack body.
 pub const MAX_BODY: usize = 1 << 20;
@@ -92,6 +92,8 @@ pub struct App {
     pub socket_connected: AtomicBool,
     journal: Option<BeforeApply>,
     version: watch::Sender<u64>,
+    /// `ticket` stream events: (scope of the ticket's channel, SSE chunk).
+    ticket_events: broadcast::Sender<(usize, Bytes)>,
     cache: Mutex<Option<(u64, Micros, usize, Bytes)>>,
 }
 
@@ -99,6 +101,7 @@ impl App {
     /// Wraps an engine.
     pub fn new(engine: Engine, clock: Clock, settings: Settings) -> Self {
         let (version, _) = watch::channel(engine.version());
+        let (ticket_events, _) = broadcast::channel(1024);
         App {
             engine: Mutex::new(engine),
             clock,
@@ -108,6 +111,7 @@ impl App {
             socket_connected: AtomicBool::new(false),
             journal: None,
             version,
+            ticket_events,
             cache: Mutex::new(None),
         }
     }
@@ -141,6 +145,7 @@ impl App {
         }
         let outcome = engine.apply(d);
         let version = engine.version();
+        self.publish_tickets(&mut engine, version);
         drop(engine);
         self.metrics.event(
             &kind,
@@ -168,6 +173,7 @@ impl App {
         let stats = engine.stats_v2(now, scope);
         // Advancing may apply stale closes, which bump the version.
         let version = engine.version();
+        self.publish_tickets(&mut engine, version);
         drop(engine);
         let bytes = Bytes::from(serde_json::to_vec(&stats).unwrap_or_default());
         *self.cache.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -178,6 +184,30 @@ impl App {
             changed
         });
         bytes
+    }
+
+    /// Sends a `ticket` stream event for each changed ticket, if anyone listens.
+    fn publish_tickets(&self, engine: &mut Engine, version: u64) {
+        let changed = engine.take_changed();
+        if self.ticket_events.receiver_count() == 0 {
+            return;
+        }
+        for id in changed {
+            let (scope, json) = match engine.ticket(id.0, 0) {
+                Some(mut t) => {
+                    if self.settings.hide_descriptions {
+                        t.description.clear();
+                    }
+                    let scope = engine.scope(Some(&t.channel)).unwrap_or(0);
+                    (scope, serde_json::to_vec(&t).unwrap_or_default())
+                }
+                None => (0, json!({"id": id.0, "deleted": true}).to_string().into_bytes()),
+            };
+            let mut chunk = format!("event: ticket\nid: {version}\ndata: ").into_bytes();
+            chunk.extend_from_slice(&json);
+            chunk.extend_from_slice(b"\n\n");
+            let _ = self.ticket_events.send((scope, chunk.into()));
+        }
     }
 
     fn health(&self) -> (bool, bool) {
@@ -469,7 +499,9 @@ fn timeseries(app: &App, q: &Query, scope: usize, now: Micros) -> Handled {
     engine.advance(now);
     let points = engine.timeseries(width, since, until, scope);
     drop(engine);
-    Ok(ok_json(&json!({ "bucket": width.as_str(), "buckets": points })))
+    Ok(ok_json(
+        &json!({ "bucket": width.as_str(), "buckets": points }),
+    ))
 }
 
 fn dashboard() -> Response<Body> {
@@ -627,6 +659,7 @@ fn sse_event(version: u64, json: &[u8]) -> Bytes {
 fn stream(app: Arc<App>, scope: usize) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let mut versions = app.version.subscribe();
+    let mut tickets = app.ticket_events.subscribe();
     tokio::spawn(async move {
         app.metrics.sse_subscribers.inc();
         let mut heartbeat = tokio::time::interval(Duration::from_secs(15));
@@ -641,6 +674,15 @@ fn stream(app: Arc<App>, scope: usize) -> Response<Body> {
             let closed = loop {
                 tokio::select! {
                     r = versions.changed() => break r.is_err(),
+                    t = tickets.recv() => match t {
+                        Ok((s, chunk)) if scope == 0 || s == scope => {
+                            if tx.send(chunk).await.is_err() {
+                                break true;
+                            }
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break true,
+                    },
                     _ = heartbeat.tick() => {
                         if tx.send(Bytes::from_static(b": heartbeat\n\n")).await.is_err() {
                             break true;

@@ -1160,9 +1160,11 @@ impl Store {
         fsync_dir(dir)?;
         let bytes = SNAPSHOT_HEADER_LEN as u64 + header.payload_len;
         snaps.current = Some(SnapshotMeta { header, bytes });
-        let keep_from = snaps.prev.map_or(header.generation, |m| {
-            m.header.generation.min(header.generation)
-        });
+        // The fallback needs its journals; without one, the fallback is the
+        // empty state, which needs them all.
+        let keep_from = snaps
+            .prev
+            .map_or(1, |m| m.header.generation.min(header.generation));
         drop(snaps);
         {
             let mut j = lock(&self.inner.journal);

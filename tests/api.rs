@@ -9,11 +9,11 @@
 //! fixture files; durations in comments are `ts` differences.
 
 use reqwest_free_hmac::{Hmac, Mac};
+use serde_json::{json, Value};
 use seshat::engine::Engine;
 use seshat::model::Config;
 use seshat::server::{serve, App, Clock, Settings, MAX_BODY};
 use seshat::time::Micros;
-use serde_json::{json, Value};
 use sha2::Sha256;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -134,7 +134,9 @@ fn request_head(method: &str, path: &str, headers: &[(&str, &str)], keep_alive: 
 }
 
 /// Reads the status line and the headers.
-async fn read_head<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<(u16, Vec<(String, String)>)> {
+async fn read_head<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<(u16, Vec<(String, String)>)> {
     let mut line = String::new();
     r.read_line(&mut line).await?;
     let status = line
@@ -181,7 +183,10 @@ async fn read_chunk<R: AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Optio
     Ok(Some(data))
 }
 
-async fn read_response<R: AsyncBufRead + Unpin>(r: &mut R, method: &str) -> std::io::Result<Response> {
+async fn read_response<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    method: &str,
+) -> std::io::Result<Response> {
     let (status, headers) = read_head(r).await?;
     let mut resp = Response {
         status,
@@ -213,15 +218,29 @@ struct Conn(BufReader<TcpStream>);
 
 impl Conn {
     async fn open(addr: SocketAddr) -> Conn {
-        Conn(BufReader::new(TcpStream::connect(addr).await.expect("connect")))
+        Conn(BufReader::new(
+            TcpStream::connect(addr).await.expect("connect"),
+        ))
     }
 
-    async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let mut req = request_head(method, path, headers, true).into_bytes();
         req.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
         req.extend_from_slice(body);
-        self.0.get_mut().write_all(&req).await.expect("write request");
-        read_response(&mut self.0, method).await.expect("read response")
+        self.0
+            .get_mut()
+            .write_all(&req)
+            .await
+            .expect("write request");
+        read_response(&mut self.0, method)
+            .await
+            .expect("read response")
     }
 
     async fn get(&mut self, path: &str) -> Response {
@@ -230,7 +249,13 @@ impl Conn {
 }
 
 /// One request on a fresh `Connection: close` connection.
-async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let fut = async {
         let mut stream = BufReader::new(TcpStream::connect(addr).await?);
         let mut req = request_head(method, path, headers, false).into_bytes();
@@ -260,7 +285,11 @@ impl TestApp {
     async fn assert_error(&self, path: &str, status: u16, body: &str) {
         let r = self.get(path).await;
         assert_eq!((r.status, r.text()), (status, body), "GET {path}");
-        assert_eq!(r.header("content-type"), Some("application/json"), "GET {path}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "GET {path}"
+        );
     }
 
     /// POSTs a body to `/slack/events`, signed now.
@@ -388,7 +417,11 @@ fn assert_json_matches(actual: &Value, expected: &Value) {
                 let ek: Vec<&String> = e.keys().collect();
                 assert_eq!(ak, ek, "keys at {path}");
                 for (k, ev) in e {
-                    let tol = if k.ends_with("_percentiles") { 0.01 } else { tolerance };
+                    let tol = if k.ends_with("_percentiles") {
+                        0.01
+                    } else {
+                        tolerance
+                    };
                     walk(&a[k], ev, &format!("{path}.{k}"), tol);
                 }
             }
@@ -623,13 +656,20 @@ async fn fixture_story_through_every_read_route() {
     assert_eq!(ch2["past_24h"]["new_tickets_total"], 1);
 
     let open = app.get_json("/api/tickets?status=open").await;
-    let ids: Vec<u64> = open.as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = open
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
     assert_eq!(ids, [2, 3]);
     assert_json_matches(&open[0], &t2_open());
     assert_eq!(open[1]["title"], "is stuck on the deploy step again :sob:");
     assert_eq!(open[1]["opened_by"], user(2, "U0OTHER01"));
 
-    let closed = app.get_json("/api/tickets?status=closed&since=2026-01-01").await;
+    let closed = app
+        .get_json("/api/tickets?status=closed&since=2026-01-01")
+        .await;
     assert_eq!(closed.as_array().unwrap().len(), 1);
     assert_eq!(closed[0]["id"], 1);
     assert_eq!(closed[0]["closed_by"], user(3, "U0HELPER1"));
@@ -638,17 +678,40 @@ async fn fixture_story_through_every_read_route() {
     assert_eq!(closed[0]["tags"], json!(["billing issue"]));
 
     for (q, body) in [
-        ("id=U0OPENER1", json!({"tickets_opened": 2, "tickets_closed": 0, "helper": false})),
-        ("id=U0OPENER1&channel=C0HELP0002", json!({"tickets_opened": 1, "tickets_closed": 0, "helper": false})),
-        ("id=U0OTHER01", json!({"tickets_opened": 1, "tickets_closed": 0, "helper": false})),
-        ("id=U0HELPER1", json!({"tickets_opened": 0, "tickets_closed": 1, "helper": true})),
-        ("id=U0HELPER1&channel=C0HELP0002", json!({"tickets_opened": 0, "tickets_closed": 0, "helper": true})),
+        (
+            "id=U0OPENER1",
+            json!({"tickets_opened": 2, "tickets_closed": 0, "helper": false}),
+        ),
+        (
+            "id=U0OPENER1&channel=C0HELP0002",
+            json!({"tickets_opened": 1, "tickets_closed": 0, "helper": false}),
+        ),
+        (
+            "id=U0OTHER01",
+            json!({"tickets_opened": 1, "tickets_closed": 0, "helper": false}),
+        ),
+        (
+            "id=U0HELPER1",
+            json!({"tickets_opened": 0, "tickets_closed": 1, "helper": true}),
+        ),
+        (
+            "id=U0HELPER1&channel=C0HELP0002",
+            json!({"tickets_opened": 0, "tickets_closed": 0, "helper": true}),
+        ),
         // U0HELPER2 got an id by tagging; they joined the team channel.
-        ("id=U0HELPER2", json!({"tickets_opened": 0, "tickets_closed": 0, "helper": true})),
+        (
+            "id=U0HELPER2",
+            json!({"tickets_opened": 0, "tickets_closed": 0, "helper": true}),
+        ),
     ] {
         assert_eq!(app.get_json(&format!("/api/user?{q}")).await, body, "{q}");
     }
-    app.assert_error("/api/user?id=U0NEPHTHY", 404, r#"{"error":"user_not_found"}"#).await;
+    app.assert_error(
+        "/api/user?id=U0NEPHTHY",
+        404,
+        r#"{"error":"user_not_found"}"#,
+    )
+    .await;
 
     // ---- checkpoint 2: `?reopen` by U0HELPER1, then ✅ by the trusted bot.
     replay(&app, &STORY[12..14]).await;
@@ -664,7 +727,10 @@ async fn fixture_story_through_every_read_route() {
         json!({"tickets_opened": 0, "tickets_closed": 0, "helper": false})
     );
     let stats = app.get_json("/api/stats_v2").await;
-    assert_eq!(stats["all_time"]["helpers_leaderboard"], json!([{"id": 3, "slack_id": "U0HELPER1", "count": 1}]));
+    assert_eq!(
+        stats["all_time"]["helpers_leaderboard"],
+        json!([{"id": 3, "slack_id": "U0HELPER1", "count": 1}])
+    );
     // Resolution time is now the second close's: 1767228300.001000 − 1767225600.000100.
     assert_json_matches(
         &stats["all_time"]["mean_resolution_time_minutes"],
@@ -718,27 +784,62 @@ async fn fixture_story_through_every_read_route() {
     );
 
     assert_json_matches(&app.get_json("/api/ticket?id=1").await, &t1_final());
-    assert_json_matches(&app.get_json("/api/tickets?status=in_progress").await, &json!([t1_final()]));
-    assert_json_matches(&app.get_json("/api/tickets?since=2026-01-01").await, &json!([t1_final()]));
+    assert_json_matches(
+        &app.get_json("/api/tickets?status=in_progress").await,
+        &json!([t1_final()]),
+    );
+    assert_json_matches(
+        &app.get_json("/api/tickets?since=2026-01-01").await,
+        &json!([t1_final()]),
+    );
     assert_eq!(app.get_json("/api/tickets?status=open").await, json!([]));
     // T2 and T3 were deleted.
-    app.assert_error("/api/ticket?id=2", 404, r#"{"error":"ticket_not_found"}"#).await;
-    app.assert_error("/api/ticket?id=3", 404, r#"{"error":"ticket_not_found"}"#).await;
-    assert_eq!(app.get_json("/api/stats_v2?channel=C0HELP0002").await["all_time"]["tickets_total"], 0);
+    app.assert_error("/api/ticket?id=2", 404, r#"{"error":"ticket_not_found"}"#)
+        .await;
+    app.assert_error("/api/ticket?id=3", 404, r#"{"error":"ticket_not_found"}"#)
+        .await;
+    assert_eq!(
+        app.get_json("/api/stats_v2?channel=C0HELP0002").await["all_time"]["tickets_total"],
+        0
+    );
 
     for (q, body) in [
-        ("U0OPENER1", json!({"tickets_opened": 1, "tickets_closed": 0, "helper": false})),
-        ("U0OTHER01", json!({"tickets_opened": 0, "tickets_closed": 0, "helper": false})),
-        ("U0HELPER1", json!({"tickets_opened": 0, "tickets_closed": 0, "helper": true})),
+        (
+            "U0OPENER1",
+            json!({"tickets_opened": 1, "tickets_closed": 0, "helper": false}),
+        ),
+        (
+            "U0OTHER01",
+            json!({"tickets_opened": 0, "tickets_closed": 0, "helper": false}),
+        ),
+        (
+            "U0HELPER1",
+            json!({"tickets_opened": 0, "tickets_closed": 0, "helper": true}),
+        ),
         // U0HELPER2 left the team channel.
-        ("U0HELPER2", json!({"tickets_opened": 0, "tickets_closed": 0, "helper": false})),
-        ("U0NEPHTHY", json!({"tickets_opened": 0, "tickets_closed": 0, "helper": false})),
+        (
+            "U0HELPER2",
+            json!({"tickets_opened": 0, "tickets_closed": 0, "helper": false}),
+        ),
+        (
+            "U0NEPHTHY",
+            json!({"tickets_opened": 0, "tickets_closed": 0, "helper": false}),
+        ),
     ] {
-        assert_eq!(app.get_json(&format!("/api/user?id={q}")).await, body, "{q}");
+        assert_eq!(
+            app.get_json(&format!("/api/user?id={q}")).await,
+            body,
+            "{q}"
+        );
     }
     // Our own bot, Slackbot (tombstones) and the webhook bot never acted on a ticket.
     for u in ["U0SESHATB", "USLACKBOT", "U0NOBODY1"] {
-        app.assert_error(&format!("/api/user?id={u}"), 404, r#"{"error":"user_not_found"}"#).await;
+        app.assert_error(
+            &format!("/api/user?id={u}"),
+            404,
+            r#"{"error":"user_not_found"}"#,
+        )
+        .await;
     }
 
     // /api/stats/range.
@@ -750,30 +851,42 @@ async fn fixture_story_through_every_read_route() {
     let mut first_quarter = final_window();
     first_quarter["assigned_today_in_progress"] = json!(0);
     assert_json_matches(
-        &app.get_json("/api/stats/range?since=2026-01-01T00:00:00Z&until=2026-01-01T00:15:00Z").await,
+        &app.get_json("/api/stats/range?since=2026-01-01T00:00:00Z&until=2026-01-01T00:15:00Z")
+            .await,
         &json!({"stats": first_quarter, "since": "2026-01-01T00:00:00Z", "until": "2026-01-01T00:15:00Z"}),
     );
     // Aliases, a date and an offset (`%2B` is `+`) all name instants.
     assert_json_matches(
-        &app.get_json("/api/stats/range?after=2026-01-01T01:00:00%2B01:00&before=2026-01-01T00:15:00").await,
+        &app.get_json(
+            "/api/stats/range?after=2026-01-01T01:00:00%2B01:00&before=2026-01-01T00:15:00",
+        )
+        .await,
         &json!({"stats": first_quarter, "since": "2026-01-01T00:00:00Z", "until": "2026-01-01T00:15:00Z"}),
     );
     // From 00:15 on, only T1's assignment falls in the range.
     let mut assigned_only = empty_window();
     assigned_only["assigned_today_in_progress"] = json!(1);
     assert_json_matches(
-        &app.get_json("/api/stats/range?since=2026-01-01T00:15:00Z").await,
+        &app.get_json("/api/stats/range?since=2026-01-01T00:15:00Z")
+            .await,
         &json!({"stats": assigned_only, "since": "2026-01-01T00:15:00Z", "until": "2026-01-01T12:00:00Z"}),
     );
     // Inverted: zero counts and null means.
     assert_json_matches(
-        &app.get_json("/api/stats/range?since=2026-01-02&until=2026-01-01").await,
+        &app.get_json("/api/stats/range?since=2026-01-02&until=2026-01-01")
+            .await,
         &json!({"stats": empty_window(), "since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}),
     );
 
     // Ids are never reused after a deletion.
     let r = app
-        .post_signed(&new_ticket_body("EvNEW00001", "C0HELP0002", "U0OTHER01", "1767232000.000000", "another one"))
+        .post_signed(&new_ticket_body(
+            "EvNEW00001",
+            "C0HELP0002",
+            "U0OTHER01",
+            "1767232000.000000",
+            "another one",
+        ))
         .await;
     assert_eq!(r.status, 200);
     let t4 = app.get_json("/api/ticket?id=4").await;
@@ -796,7 +909,10 @@ async fn bad_signatures_are_401_and_record_nothing() {
     let future = (now + 360).to_string();
     let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
         ("no headers", vec![]),
-        ("no signature", vec![("X-Slack-Request-Timestamp", ts.clone())]),
+        (
+            "no signature",
+            vec![("X-Slack-Request-Timestamp", ts.clone())],
+        ),
         ("no timestamp", vec![("X-Slack-Signature", good.clone())]),
         (
             "wrong secret",
@@ -816,7 +932,10 @@ async fn bad_signatures_are_401_and_record_nothing() {
             "no v0= prefix",
             vec![
                 ("X-Slack-Request-Timestamp", ts.clone()),
-                ("X-Slack-Signature", good.trim_start_matches("v0=").to_string()),
+                (
+                    "X-Slack-Signature",
+                    good.trim_start_matches("v0=").to_string(),
+                ),
             ],
         ),
         (
@@ -837,7 +956,10 @@ async fn bad_signatures_are_401_and_record_nothing() {
             "fractional timestamp",
             vec![
                 ("X-Slack-Request-Timestamp", format!("{now}.5")),
-                ("X-Slack-Signature", sign(SECRET, &format!("{now}.5"), &body)),
+                (
+                    "X-Slack-Signature",
+                    sign(SECRET, &format!("{now}.5"), &body),
+                ),
             ],
         ),
         (
@@ -861,8 +983,17 @@ async fn bad_signatures_are_401_and_record_nothing() {
         assert_eq!(r.status, 401, "{name}: {}", r.text());
         assert!(r.json()["error"].is_string(), "{name}");
     }
-    assert_eq!(app.stats_v2_raw().await, before, "a refused delivery changed the state");
-    app.assert_error("/api/user?id=U0OPENER1", 404, r#"{"error":"user_not_found"}"#).await;
+    assert_eq!(
+        app.stats_v2_raw().await,
+        before,
+        "a refused delivery changed the state"
+    );
+    app.assert_error(
+        "/api/user?id=U0OPENER1",
+        404,
+        r#"{"error":"user_not_found"}"#,
+    )
+    .await;
 
     // Within the window (4 minutes old) is fine, and the event_id was not
     // remembered by the refused attempts: the same delivery now applies.
@@ -872,22 +1003,39 @@ async fn bad_signatures_are_401_and_record_nothing() {
         app.addr,
         "POST",
         "/slack/events",
-        &[("X-Slack-Request-Timestamp", &recent), ("X-Slack-Signature", &sig)],
+        &[
+            ("X-Slack-Request-Timestamp", &recent),
+            ("X-Slack-Signature", &sig),
+        ],
         &body,
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(app.get_json("/api/stats_v2").await["all_time"]["tickets_total"], 1);
+    assert_eq!(
+        app.get_json("/api/stats_v2").await["all_time"]["tickets_total"],
+        1
+    );
 }
 
 #[tokio::test]
 async fn no_signing_secret_refuses_every_delivery() {
-    let app = spawn_app(fixture_config(), Clock::Fixed(Micros(NOON)), Settings::default()).await;
+    let app = spawn_app(
+        fixture_config(),
+        Clock::Fixed(Micros(NOON)),
+        Settings::default(),
+    )
+    .await;
     let r = app.post_signed(&fixture("message_new_ticket")).await;
     assert_eq!(r.status, 401);
-    assert_eq!(app.get_json("/api/stats_v2").await["all_time"]["tickets_total"], 0);
+    assert_eq!(
+        app.get_json("/api/stats_v2").await["all_time"]["tickets_total"],
+        0
+    );
     let h = app.get("/health").await;
-    assert_eq!((h.status, h.text()), (200, r#"{"healthy":false,"slack":false,"snapshot":true}"#));
+    assert_eq!(
+        (h.status, h.text()),
+        (200, r#"{"healthy":false,"slack":false,"snapshot":true}"#)
+    );
 }
 
 /// A fixture padded with trailing whitespace (still valid JSON) to `len` bytes.
@@ -909,7 +1057,9 @@ async fn post_chunked(addr: SocketAddr, headers: &[(&str, &str)], body: &[u8]) -
     let writer = tokio::spawn(async move {
         write.write_all(head.as_bytes()).await?;
         for c in body.chunks(64 * 1024) {
-            write.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await?;
+            write
+                .write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                .await?;
             write.write_all(c).await?;
             write.write_all(b"\r\n").await?;
         }
@@ -928,7 +1078,12 @@ async fn post_chunked(addr: SocketAddr, headers: &[(&str, &str)], body: &[u8]) -
 }
 
 /// Sends only the head of a request that declares a huge Content-Length.
-async fn post_declared_length(addr: SocketAddr, headers: &[(&str, &str)], len: usize, prefix: &[u8]) -> Response {
+async fn post_declared_length(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    len: usize,
+    prefix: &[u8],
+) -> Response {
     let mut stream = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
     let mut req = request_head("POST", "/slack/events", headers, false).into_bytes();
     req.extend_from_slice(format!("Content-Length: {len}\r\n\r\n").as_bytes());
@@ -948,13 +1103,19 @@ async fn bodies_over_one_mebibyte_are_413_and_record_nothing() {
     // Exactly 1 MiB is accepted.
     let r = app.post_signed(&padded("url_verification", MAX_BODY)).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json()["challenge"], "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P");
+    assert_eq!(
+        r.json()["challenge"],
+        "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    );
 
     // One byte more, correctly signed and carrying a real event: 413.
     let big = padded("message_new_ticket", MAX_BODY + 1);
     let ts = unix_now().to_string();
     let sig = sign(SECRET, &ts, &big);
-    let headers = [("X-Slack-Request-Timestamp", ts.as_str()), ("X-Slack-Signature", sig.as_str())];
+    let headers = [
+        ("X-Slack-Request-Timestamp", ts.as_str()),
+        ("X-Slack-Signature", sig.as_str()),
+    ];
     let r = request(app.addr, "POST", "/slack/events", &headers, &big).await;
     assert_eq!(r.status, 413, "with Content-Length: {}", r.text());
     // Declared but not (yet) sent: refused from the head alone.
@@ -971,19 +1132,28 @@ async fn bodies_over_one_mebibyte_are_413_and_record_nothing() {
     assert_eq!(app.stats_v2_raw().await, before);
     // The event_id inside the refused bodies was not remembered.
     app.post_fixture("message_new_ticket").await;
-    assert_eq!(app.get_json("/api/stats_v2").await["all_time"]["tickets_total"], 1);
+    assert_eq!(
+        app.get_json("/api/stats_v2").await["all_time"]["tickets_total"],
+        1
+    );
     // A small chunked body is fine.
     let body = fixture("message_file_share");
     let ts = unix_now().to_string();
     let sig = sign(SECRET, &ts, &body);
     let r = post_chunked(
         app.addr,
-        &[("X-Slack-Request-Timestamp", &ts), ("X-Slack-Signature", &sig)],
+        &[
+            ("X-Slack-Request-Timestamp", &ts),
+            ("X-Slack-Signature", &sig),
+        ],
         &body,
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(app.get_json("/api/stats_v2").await["all_time"]["tickets_total"], 2);
+    assert_eq!(
+        app.get_json("/api/stats_v2").await["all_time"]["tickets_total"],
+        2
+    );
 }
 
 #[tokio::test]
@@ -1004,13 +1174,21 @@ async fn signed_bodies_that_are_not_events_api_are_400_and_change_nothing() {
         b"{\"type\": \"url_verification\"}",
     ] {
         let r = app.post_signed(body).await;
-        assert_eq!(r.status, 400, "{:?}: {}", String::from_utf8_lossy(body), r.text());
+        assert_eq!(
+            r.status,
+            400,
+            "{:?}: {}",
+            String::from_utf8_lossy(body),
+            r.text()
+        );
         assert!(r.json()["error"].is_string());
     }
     assert_eq!(app.stats_v2_raw().await, before);
     let metrics = app.get("/metrics").await;
     assert!(
-        metrics.text().contains(r#"seshat_events_total{kind="invalid_body",outcome="rejected"} 10"#),
+        metrics
+            .text()
+            .contains(r#"seshat_events_total{kind="invalid_body",outcome="rejected"} 10"#),
         "{}",
         metrics.text()
     );
@@ -1025,10 +1203,17 @@ async fn malformed_inner_event_is_acknowledged_and_ignored() {
     assert!((200..300).contains(&r.status), "{}", r.text());
     assert_eq!(app.stats_v2_raw().await, before);
     // U0OTHER01 (its sender) got no user id.
-    app.assert_error("/api/user?id=U0OTHER01", 404, r#"{"error":"user_not_found"}"#).await;
+    app.assert_error(
+        "/api/user?id=U0OTHER01",
+        404,
+        r#"{"error":"user_not_found"}"#,
+    )
+    .await;
     let metrics = app.get("/metrics").await;
     assert!(
-        metrics.text().contains(r#"seshat_events_total{kind="message",outcome="rejected"} 1"#),
+        metrics
+            .text()
+            .contains(r#"seshat_events_total{kind="message",outcome="rejected"} 1"#),
         "{}",
         metrics.text()
     );
@@ -1042,12 +1227,21 @@ async fn redelivery_is_applied_once() {
     let after_first = app.stats_v2_raw().await;
     for n in ["1", "2"] {
         let r = app
-            .post_signed_with(&body, &[("X-Slack-Retry-Num", n), ("X-Slack-Retry-Reason", "http_timeout")])
+            .post_signed_with(
+                &body,
+                &[
+                    ("X-Slack-Retry-Num", n),
+                    ("X-Slack-Retry-Reason", "http_timeout"),
+                ],
+            )
             .await;
         assert_eq!(r.status, 200, "retry {n}: {}", r.text());
     }
     assert_eq!(app.stats_v2_raw().await, after_first);
-    assert_eq!(app.get_json("/api/stats_v2").await["all_time"]["tickets_total"], 1);
+    assert_eq!(
+        app.get_json("/api/stats_v2").await["all_time"]["tickets_total"],
+        1
+    );
     // A reply redelivered is counted once too (opener replies would not change
     // anything anyway, so use a helper reply and look at the assignment).
     app.post_fixture("message_reply_helper").await;
@@ -1055,7 +1249,13 @@ async fn redelivery_is_applied_once() {
     let t = app.get_json("/api/ticket?id=1").await;
     assert_eq!(t["status"], "in_progress");
     let metrics = app.get("/metrics").await;
-    assert!(metrics.text().contains(r#"seshat_events_total{kind="message",outcome="duplicate"} 3"#), "{}", metrics.text());
+    assert!(
+        metrics
+            .text()
+            .contains(r#"seshat_events_total{kind="message",outcome="duplicate"} 3"#),
+        "{}",
+        metrics.text()
+    );
 }
 
 // ====================================================================== parameter errors
@@ -1066,46 +1266,182 @@ const TOO_BROAD: &str = r#"{"error":"Provided filters are too broad","tip":"Plea
 async fn tickets_parameters() {
     let app = fixture_app().await;
     replay(&app, &STORY).await;
-    let ids = |v: Value| -> Vec<u64> { v.as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect() };
+    let ids = |v: Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_u64().unwrap())
+            .collect()
+    };
 
-    app.assert_error("/api/tickets?status=bogus", 400, r#"{"error":"Invalid status parameter: bogus"}"#).await;
-    app.assert_error("/api/tickets?status=open%20", 400, r#"{"error":"Invalid status parameter: open "}"#).await;
-    for q in ["", "?", "?status=", "?status=closed", "?status=CLOSED", "?since=&until=", "?channel=C0HELP0001"] {
-        app.assert_error(&format!("/api/tickets{q}"), 400, TOO_BROAD).await;
+    app.assert_error(
+        "/api/tickets?status=bogus",
+        400,
+        r#"{"error":"Invalid status parameter: bogus"}"#,
+    )
+    .await;
+    app.assert_error(
+        "/api/tickets?status=open%20",
+        400,
+        r#"{"error":"Invalid status parameter: open "}"#,
+    )
+    .await;
+    for q in [
+        "",
+        "?",
+        "?status=",
+        "?status=closed",
+        "?status=CLOSED",
+        "?since=&until=",
+        "?channel=C0HELP0001",
+    ] {
+        app.assert_error(&format!("/api/tickets{q}"), 400, TOO_BROAD)
+            .await;
     }
     // Case-insensitive status.
-    assert_eq!(ids(app.get_json("/api/tickets?status=OPEN").await), Vec::<u64>::new());
-    assert_eq!(ids(app.get_json("/api/tickets?status=In_Progress").await), [1]);
+    assert_eq!(
+        ids(app.get_json("/api/tickets?status=OPEN").await),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        ids(app.get_json("/api/tickets?status=In_Progress").await),
+        [1]
+    );
     // A repeated parameter takes its first value.
-    assert_eq!(ids(app.get_json("/api/tickets?status=in_progress&status=bogus").await), [1]);
-    app.assert_error("/api/tickets?status=bogus&status=open", 400, r#"{"error":"Invalid status parameter: bogus"}"#).await;
+    assert_eq!(
+        ids(app
+            .get_json("/api/tickets?status=in_progress&status=bogus")
+            .await),
+        [1]
+    );
+    app.assert_error(
+        "/api/tickets?status=bogus&status=open",
+        400,
+        r#"{"error":"Invalid status parameter: bogus"}"#,
+    )
+    .await;
     // Order of checks: status, then since, then until.
-    app.assert_error("/api/tickets?until=nope&since=garbage&status=bogus", 400, r#"{"error":"Invalid status parameter: bogus"}"#).await;
-    app.assert_error("/api/tickets?until=nope&since=garbage", 400, r#"{"error":"not a valid ISO datetime: garbage"}"#).await;
-    app.assert_error("/api/tickets?until=nope", 400, r#"{"error":"not a valid ISO datetime: nope"}"#).await;
+    app.assert_error(
+        "/api/tickets?until=nope&since=garbage&status=bogus",
+        400,
+        r#"{"error":"Invalid status parameter: bogus"}"#,
+    )
+    .await;
+    app.assert_error(
+        "/api/tickets?until=nope&since=garbage",
+        400,
+        r#"{"error":"not a valid ISO datetime: garbage"}"#,
+    )
+    .await;
+    app.assert_error(
+        "/api/tickets?until=nope",
+        400,
+        r#"{"error":"not a valid ISO datetime: nope"}"#,
+    )
+    .await;
     // Aliases: the first-named wins and the other is not read, even if invalid.
-    assert_eq!(ids(app.get_json("/api/tickets?since=2026-01-01&after=garbage").await), [1]);
-    assert_eq!(ids(app.get_json("/api/tickets?until=2026-01-02&before=garbage").await), [1]);
-    assert_eq!(ids(app.get_json("/api/tickets?since=2026-01-02&after=2026-01-01").await), Vec::<u64>::new());
-    assert_eq!(ids(app.get_json("/api/tickets?after=2026-01-01").await), [1]);
-    assert_eq!(ids(app.get_json("/api/tickets?before=2026-01-02").await), [1]);
-    app.assert_error("/api/tickets?after=garbage", 400, r#"{"error":"not a valid ISO datetime: garbage"}"#).await;
-    app.assert_error("/api/tickets?before=garbage", 400, r#"{"error":"not a valid ISO datetime: garbage"}"#).await;
+    assert_eq!(
+        ids(app
+            .get_json("/api/tickets?since=2026-01-01&after=garbage")
+            .await),
+        [1]
+    );
+    assert_eq!(
+        ids(app
+            .get_json("/api/tickets?until=2026-01-02&before=garbage")
+            .await),
+        [1]
+    );
+    assert_eq!(
+        ids(app
+            .get_json("/api/tickets?since=2026-01-02&after=2026-01-01")
+            .await),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        ids(app.get_json("/api/tickets?after=2026-01-01").await),
+        [1]
+    );
+    assert_eq!(
+        ids(app.get_json("/api/tickets?before=2026-01-02").await),
+        [1]
+    );
+    app.assert_error(
+        "/api/tickets?after=garbage",
+        400,
+        r#"{"error":"not a valid ISO datetime: garbage"}"#,
+    )
+    .await;
+    app.assert_error(
+        "/api/tickets?before=garbage",
+        400,
+        r#"{"error":"not a valid ISO datetime: garbage"}"#,
+    )
+    .await;
     // An empty alias is absent, so the other one is read.
-    assert_eq!(ids(app.get_json("/api/tickets?since=&after=2026-01-02").await), Vec::<u64>::new());
+    assert_eq!(
+        ids(app.get_json("/api/tickets?since=&after=2026-01-02").await),
+        Vec::<u64>::new()
+    );
     // Bounds are inclusive on both sides (T1 was created at 00:00:00.000100).
-    assert_eq!(ids(app.get_json("/api/tickets?since=2026-01-01T00:00:00.0001Z").await), [1]);
-    assert_eq!(ids(app.get_json("/api/tickets?since=2026-01-01T00:00:00.000101Z").await), Vec::<u64>::new());
-    assert_eq!(ids(app.get_json("/api/tickets?until=2026-01-01T00:00:00.0001Z").await), [1]);
-    assert_eq!(ids(app.get_json("/api/tickets?until=2026-01-01T00:00:00").await), Vec::<u64>::new());
-    assert_eq!(ids(app.get_json("/api/tickets?until=2026-01-01T01:00:00.0001%2B01:00").await), [1]);
+    assert_eq!(
+        ids(app
+            .get_json("/api/tickets?since=2026-01-01T00:00:00.0001Z")
+            .await),
+        [1]
+    );
+    assert_eq!(
+        ids(app
+            .get_json("/api/tickets?since=2026-01-01T00:00:00.000101Z")
+            .await),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        ids(app
+            .get_json("/api/tickets?until=2026-01-01T00:00:00.0001Z")
+            .await),
+        [1]
+    );
+    assert_eq!(
+        ids(app.get_json("/api/tickets?until=2026-01-01T00:00:00").await),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        ids(app
+            .get_json("/api/tickets?until=2026-01-01T01:00:00.0001%2B01:00")
+            .await),
+        [1]
+    );
     // Inverted range.
-    assert_eq!(app.get_json("/api/tickets?since=2026-01-02&until=2026-01-01").await, json!([]));
-    assert_eq!(app.get_json("/api/tickets?status=closed&since=2026-01-01").await, json!([]));
+    assert_eq!(
+        app.get_json("/api/tickets?since=2026-01-02&until=2026-01-01")
+            .await,
+        json!([])
+    );
+    assert_eq!(
+        app.get_json("/api/tickets?status=closed&since=2026-01-01")
+            .await,
+        json!([])
+    );
     // Channel scope.
-    assert_eq!(ids(app.get_json("/api/tickets?status=in_progress&channel=C0HELP0001").await), [1]);
-    assert_eq!(ids(app.get_json("/api/tickets?status=in_progress&channel=C0HELP0002").await), Vec::<u64>::new());
-    assert_eq!(ids(app.get_json("/api/tickets?status=in_progress&channel=").await), [1]);
+    assert_eq!(
+        ids(app
+            .get_json("/api/tickets?status=in_progress&channel=C0HELP0001")
+            .await),
+        [1]
+    );
+    assert_eq!(
+        ids(app
+            .get_json("/api/tickets?status=in_progress&channel=C0HELP0002")
+            .await),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        ids(app
+            .get_json("/api/tickets?status=in_progress&channel=")
+            .await),
+        [1]
+    );
 }
 
 #[tokio::test]
@@ -1113,21 +1449,69 @@ async fn ticket_id_parameter() {
     let app = fixture_app().await;
     replay(&app, &STORY).await;
     for q in ["", "?", "?id=", "?id", "?ID=1", "?channel=C0HELP0001"] {
-        app.assert_error(&format!("/api/ticket{q}"), 400, r#"{"error":"missing_ticket_id"}"#).await;
+        app.assert_error(
+            &format!("/api/ticket{q}"),
+            400,
+            r#"{"error":"missing_ticket_id"}"#,
+        )
+        .await;
     }
     // `+` in a query string is a space; `%2B` is a plus sign.
-    for v in ["abc", "1.5", "+", "%2B", "-", "1e3", "0x1", "%201", "1%20", "1a", "%EF%BC%91"] {
-        app.assert_error(&format!("/api/ticket?id={v}"), 400, r#"{"error":"invalid_ticket_id"}"#).await;
+    for v in [
+        "abc",
+        "1.5",
+        "+",
+        "%2B",
+        "-",
+        "1e3",
+        "0x1",
+        "%201",
+        "1%20",
+        "1a",
+        "%EF%BC%91",
+    ] {
+        app.assert_error(
+            &format!("/api/ticket?id={v}"),
+            400,
+            r#"{"error":"invalid_ticket_id"}"#,
+        )
+        .await;
     }
-    for v in ["-3", "-0", "0", "2", "3", "5", "99999999999999999999999", "-99999999999999999999999"] {
-        app.assert_error(&format!("/api/ticket?id={v}"), 404, r#"{"error":"ticket_not_found"}"#).await;
+    for v in [
+        "-3",
+        "-0",
+        "0",
+        "2",
+        "3",
+        "5",
+        "99999999999999999999999",
+        "-99999999999999999999999",
+    ] {
+        app.assert_error(
+            &format!("/api/ticket?id={v}"),
+            404,
+            r#"{"error":"ticket_not_found"}"#,
+        )
+        .await;
     }
     for v in ["1", "01", "%2B1", "1&id=abc"] {
-        assert_eq!(app.get_json(&format!("/api/ticket?id={v}")).await["id"], 1, "{v}");
+        assert_eq!(
+            app.get_json(&format!("/api/ticket?id={v}")).await["id"],
+            1,
+            "{v}"
+        );
     }
     // A ticket in another channel is not found there.
-    app.assert_error("/api/ticket?id=1&channel=C0HELP0002", 404, r#"{"error":"ticket_not_found"}"#).await;
-    assert_eq!(app.get_json("/api/ticket?id=1&channel=C0HELP0001").await["id"], 1);
+    app.assert_error(
+        "/api/ticket?id=1&channel=C0HELP0002",
+        404,
+        r#"{"error":"ticket_not_found"}"#,
+    )
+    .await;
+    assert_eq!(
+        app.get_json("/api/ticket?id=1&channel=C0HELP0001").await["id"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -1135,19 +1519,39 @@ async fn user_id_parameter() {
     let app = fixture_app().await;
     replay(&app, &STORY[..3]).await;
     for q in ["", "?id=", "?user=U0OPENER1"] {
-        app.assert_error(&format!("/api/user{q}"), 400, r#"{"error":"missing_user_id"}"#).await;
+        app.assert_error(
+            &format!("/api/user{q}"),
+            400,
+            r#"{"error":"missing_user_id"}"#,
+        )
+        .await;
     }
-    app.assert_error("/api/user?id=UNOPE", 404, r#"{"error":"user_not_found"}"#).await;
-    app.assert_error("/api/user?id=u0opener1", 404, r#"{"error":"user_not_found"}"#).await;
+    app.assert_error("/api/user?id=UNOPE", 404, r#"{"error":"user_not_found"}"#)
+        .await;
+    app.assert_error(
+        "/api/user?id=u0opener1",
+        404,
+        r#"{"error":"user_not_found"}"#,
+    )
+    .await;
     // U0HELPER2 is a helper (joined the team channel) but never acted: no id.
-    app.assert_error("/api/user?id=U0HELPER2", 404, r#"{"error":"user_not_found"}"#).await;
+    app.assert_error(
+        "/api/user?id=U0HELPER2",
+        404,
+        r#"{"error":"user_not_found"}"#,
+    )
+    .await;
     let r = app.get("/api/user?id=U0OPENER1").await;
     assert_eq!(
         (r.status, r.text()),
-        (200, r#"{"tickets_opened":1,"tickets_closed":0,"helper":false}"#)
+        (
+            200,
+            r#"{"tickets_opened":1,"tickets_closed":0,"helper":false}"#
+        )
     );
     assert_eq!(
-        app.get_json("/api/user?id=U0OPENER1&channel=C0HELP0002").await,
+        app.get_json("/api/user?id=U0OPENER1&channel=C0HELP0002")
+            .await,
         json!({"tickets_opened": 0, "tickets_closed": 0, "helper": false})
     );
 }
@@ -1169,16 +1573,27 @@ async fn unknown_channel_is_checked_before_anything_else() {
         "/api/stream?channel=CNOPE",
         "/api/stats_v2?channel=CNOPE&channel=C0HELP0001",
     ] {
-        app.assert_error(path, 400, r#"{"error":"Unknown channel: CNOPE"}"#).await;
+        app.assert_error(path, 400, r#"{"error":"Unknown channel: CNOPE"}"#)
+            .await;
     }
     // The team channel and other channels are not help channels.
     for c in ["C0TEAM0001", "C0OTHER001", "c0help0001"] {
-        app.assert_error(&format!("/api/stats_v2?channel={c}"), 400, &format!(r#"{{"error":"Unknown channel: {c}"}}"#))
-            .await;
+        app.assert_error(
+            &format!("/api/stats_v2?channel={c}"),
+            400,
+            &format!(r#"{{"error":"Unknown channel: {c}"}}"#),
+        )
+        .await;
     }
     // Empty means all channels.
-    assert_eq!(app.get("/api/stats_v2?channel=").await.text(), app.stats_v2_raw().await);
-    assert_eq!(app.get_json("/api/stats_v2?channel=C0HELP0001").await["all_time"]["tickets_total"], 1);
+    assert_eq!(
+        app.get("/api/stats_v2?channel=").await.text(),
+        app.stats_v2_raw().await
+    );
+    assert_eq!(
+        app.get_json("/api/stats_v2?channel=C0HELP0001").await["all_time"]["tickets_total"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -1194,11 +1609,17 @@ async fn stats_range_parameters() {
         ("since=2026-01-01&until=tomorrow", "tomorrow"),
         ("since=yesterday&until=tomorrow", "yesterday"),
     ] {
-        app.assert_error(&format!("/api/stats/range?{q}"), 400, &format!(r#"{{"error":"not a valid ISO datetime: {bad}"}}"#))
-            .await;
+        app.assert_error(
+            &format!("/api/stats/range?{q}"),
+            400,
+            &format!(r#"{{"error":"not a valid ISO datetime: {bad}"}}"#),
+        )
+        .await;
     }
     // since wins over after, until over before; the loser is not read.
-    let r = app.get_json("/api/stats/range?since=2026-01-01&after=garbage&until=2026-01-02&before=garbage").await;
+    let r = app
+        .get_json("/api/stats/range?since=2026-01-01&after=garbage&until=2026-01-02&before=garbage")
+        .await;
     assert_eq!(r["since"], "2026-01-01T00:00:00Z");
     assert_eq!(r["until"], "2026-01-02T00:00:00Z");
     assert_eq!(r["stats"]["new_tickets_total"], 1);
@@ -1207,17 +1628,32 @@ async fn stats_range_parameters() {
     assert_eq!(r["since"], "1970-01-01T00:00:00Z");
     assert_eq!(r["until"], "2026-01-01T12:00:00Z");
     // [since, until) is half-open: T1 at 00:00:00.000100.
-    let r = app.get_json("/api/stats/range?since=2026-01-01&until=2026-01-01T00:00:00.0001Z").await;
+    let r = app
+        .get_json("/api/stats/range?since=2026-01-01&until=2026-01-01T00:00:00.0001Z")
+        .await;
     assert_eq!(r["stats"]["new_tickets_total"], 0);
-    let r = app.get_json("/api/stats/range?since=2026-01-01T00:00:00.0001Z&until=2026-01-01T00:00:00.000101Z").await;
+    let r = app
+        .get_json(
+            "/api/stats/range?since=2026-01-01T00:00:00.0001Z&until=2026-01-01T00:00:00.000101Z",
+        )
+        .await;
     assert_eq!(r["stats"]["new_tickets_total"], 1);
 }
 
 #[tokio::test]
 async fn unknown_routes_and_wrong_methods() {
     let app = fixture_app().await;
-    for path in ["/nope", "/api", "/api/", "/api/stats_v2/", "/api/tickets/1", "/API/STATS_V2", "/slack/events/"] {
-        app.assert_error(path, 404, r#"{"error":"not_found"}"#).await;
+    for path in [
+        "/nope",
+        "/api",
+        "/api/",
+        "/api/stats_v2/",
+        "/api/tickets/1",
+        "/API/STATS_V2",
+        "/slack/events/",
+    ] {
+        app.assert_error(path, 404, r#"{"error":"not_found"}"#)
+            .await;
     }
     let r = request(app.addr, "POST", "/nope", &[], b"{}").await;
     assert_eq!((r.status, r.text()), (404, r#"{"error":"not_found"}"#));
@@ -1238,17 +1674,26 @@ async fn unknown_routes_and_wrong_methods() {
     assert_eq!(r.status, 200);
     let page = app.get("/").await;
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
 }
 
 #[tokio::test]
 async fn health_reports_booleans() {
     let app = fixture_app().await;
     let r = app.get("/health").await;
-    assert_eq!((r.status, r.text()), (200, r#"{"healthy":true,"slack":true,"snapshot":true}"#));
+    assert_eq!(
+        (r.status, r.text()),
+        (200, r#"{"healthy":true,"slack":true,"snapshot":true}"#)
+    );
     app.app.snapshot_ok.store(false, Ordering::Relaxed);
     let r = app.get("/health").await;
-    assert_eq!((r.status, r.text()), (200, r#"{"healthy":false,"slack":true,"snapshot":false}"#));
+    assert_eq!(
+        (r.status, r.text()),
+        (200, r#"{"healthy":false,"slack":true,"snapshot":false}"#)
+    );
 }
 
 /// Checks the Prometheus text exposition: every sample is `name{labels} value`
@@ -1257,7 +1702,8 @@ async fn health_reports_booleans() {
 fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
     fn is_name(s: &str) -> bool {
         let mut cs = s.chars();
-        cs.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        cs.next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
             && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     }
     let mut helped: HashSet<String> = HashSet::new();
@@ -1280,8 +1726,18 @@ fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
                     let kind = parts.next().expect("TYPE kind");
                     assert!(is_name(name), "TYPE name {name:?}");
                     assert!(
-                        ["counter", "gauge", "histogram", "summary", "untyped", "unknown", "info", "stateset", "gaugehistogram"]
-                            .contains(&kind),
+                        [
+                            "counter",
+                            "gauge",
+                            "histogram",
+                            "summary",
+                            "untyped",
+                            "unknown",
+                            "info",
+                            "stateset",
+                            "gaugehistogram"
+                        ]
+                        .contains(&kind),
                         "TYPE kind {kind:?}"
                     );
                     assert!(typed.insert(name.to_string()), "second TYPE for {name}");
@@ -1290,7 +1746,9 @@ fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
             }
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("sample line {line:?}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("sample line {line:?}"));
         let value: f64 = match value {
             "+Inf" => f64::INFINITY,
             "-Inf" => f64::NEG_INFINITY,
@@ -1298,11 +1756,15 @@ fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
         };
         let name = match series.split_once('{') {
             Some((name, labels)) => {
-                let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("labels of {line:?}"));
+                let labels = labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("labels of {line:?}"));
                 // name="value" pairs, values with \" \\ \n escapes.
                 let mut rest = labels;
                 while !rest.is_empty() {
-                    let (k, after) = rest.split_once("=\"").unwrap_or_else(|| panic!("label in {line:?}"));
+                    let (k, after) = rest
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("label in {line:?}"));
                     assert!(is_name(k), "label name {k:?} in {line:?}");
                     let mut chars = after.char_indices();
                     let mut end = None;
@@ -1350,7 +1812,11 @@ async fn metrics_is_prometheus_text() {
     app.get("/nope").await;
     let r = app.get("/metrics").await;
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain"), "{:?}", r.header("content-type"));
+    assert!(
+        r.header("content-type").unwrap().starts_with("text/plain"),
+        "{:?}",
+        r.header("content-type")
+    );
     let samples = parse_prometheus(r.text());
     let value = |series: &str| {
         samples
@@ -1360,17 +1826,36 @@ async fn metrics_is_prometheus_text() {
             .unwrap_or_else(|| panic!("no {series} in\n{}", r.text()))
     };
     // Tickets by status, set at scrape time.
-    assert_eq!(value(r#"seshat_tickets{status="in_progress",channel="all"}"#), 1.0);
+    assert_eq!(
+        value(r#"seshat_tickets{status="in_progress",channel="all"}"#),
+        1.0
+    );
     assert_eq!(value(r#"seshat_tickets{status="open",channel="all"}"#), 0.0);
-    assert_eq!(value(r#"seshat_tickets{status="in_progress",channel="C0HELP0001"}"#), 1.0);
+    assert_eq!(
+        value(r#"seshat_tickets{status="in_progress",channel="C0HELP0001"}"#),
+        1.0
+    );
     // Events by kind and outcome.
-    assert_eq!(value(r#"seshat_events_total{kind="message",outcome="rejected"}"#), 1.0);
+    assert_eq!(
+        value(r#"seshat_events_total{kind="message",outcome="rejected"}"#),
+        1.0
+    );
     assert!(value(r#"seshat_events_total{kind="message",outcome="applied"}"#) >= 1.0);
     // Requests by route and status, with a latency histogram.
-    assert_eq!(value(r#"seshat_requests_total{route="/api/stats_v2",status="200"}"#), 1.0);
-    assert_eq!(value(r#"seshat_requests_total{route="not_found",status="404"}"#), 1.0);
-    assert!(samples.iter().any(|(s, _)| s.starts_with("seshat_request_duration_seconds_bucket{")));
-    assert!(samples.iter().any(|(s, _)| s.starts_with("seshat_snapshot_age_seconds")));
+    assert_eq!(
+        value(r#"seshat_requests_total{route="/api/stats_v2",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"seshat_requests_total{route="not_found",status="404"}"#),
+        1.0
+    );
+    assert!(samples
+        .iter()
+        .any(|(s, _)| s.starts_with("seshat_request_duration_seconds_bucket{")));
+    assert!(samples
+        .iter()
+        .any(|(s, _)| s.starts_with("seshat_snapshot_age_seconds")));
 }
 
 // ====================================================================== ETag, HIDE_DESCRIPTIONS
@@ -1385,25 +1870,60 @@ async fn stats_v2_etag_and_304() {
     let again = app.get("/api/stats_v2").await;
     assert_eq!(again.header("etag"), Some(etag.as_str()));
 
-    let r = request(app.addr, "GET", "/api/stats_v2", &[("If-None-Match", &etag)], b"").await;
+    let r = request(
+        app.addr,
+        "GET",
+        "/api/stats_v2",
+        &[("If-None-Match", &etag)],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 304);
     assert!(r.body.is_empty());
     assert_eq!(r.header("etag"), Some(etag.as_str()));
-    let r = request(app.addr, "GET", "/api/stats_v2", &[("If-None-Match", "\"something-else\"")], b"").await;
+    let r = request(
+        app.addr,
+        "GET",
+        "/api/stats_v2",
+        &[("If-None-Match", "\"something-else\"")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), first.text());
 
     // A new event changes the body and the tag.
     app.post_fixture("message_file_share").await;
-    let r = request(app.addr, "GET", "/api/stats_v2", &[("If-None-Match", &etag)], b"").await;
+    let r = request(
+        app.addr,
+        "GET",
+        "/api/stats_v2",
+        &[("If-None-Match", &etag)],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200);
     let new_etag = r.header("etag").expect("an ETag").to_string();
     assert_ne!(new_etag, etag);
     assert_eq!(r.json()["all_time"]["tickets_total"], 2);
-    let r = request(app.addr, "GET", "/api/stats_v2", &[("If-None-Match", &new_etag)], b"").await;
+    let r = request(
+        app.addr,
+        "GET",
+        "/api/stats_v2",
+        &[("If-None-Match", &new_etag)],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 304);
     // Each scope has its own tag.
-    let r = request(app.addr, "GET", "/api/stats_v2?channel=C0HELP0002", &[("If-None-Match", &new_etag)], b"").await;
+    let r = request(
+        app.addr,
+        "GET",
+        "/api/stats_v2?channel=C0HELP0002",
+        &[("If-None-Match", &new_etag)],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200);
 }
 
@@ -1431,7 +1951,10 @@ async fn hide_descriptions_empties_every_description() {
     // Without the setting the text is served.
     let app = fixture_app().await;
     replay(&app, &STORY[..6]).await;
-    assert_eq!(app.get_json("/api/ticket?id=1").await["description"], edited_text());
+    assert_eq!(
+        app.get_json("/api/ticket?id=1").await["description"],
+        edited_text()
+    );
 }
 
 // ====================================================================== SSE
@@ -1444,11 +1967,21 @@ struct Sse {
 impl Sse {
     async fn connect(addr: SocketAddr, path: &str) -> Sse {
         let mut reader = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
-        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n");
-        reader.get_mut().write_all(req.as_bytes()).await.expect("write");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n");
+        reader
+            .get_mut()
+            .write_all(req.as_bytes())
+            .await
+            .expect("write");
         let (status, headers) = read_head(&mut reader).await.expect("head");
         assert_eq!(status, 200);
-        let header = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let header = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
         assert_eq!(header("content-type").as_deref(), Some("text/event-stream"));
         assert_eq!(header("transfer-encoding").as_deref(), Some("chunked"));
         Sse {
@@ -1481,7 +2014,8 @@ impl Sse {
                 .expect("no SSE event within the bound")
                 .expect("read chunk")
                 .expect("stream ended");
-            self.buf.push_str(std::str::from_utf8(&chunk).expect("UTF-8 event"));
+            self.buf
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 event"));
         }
     }
 }
@@ -1519,7 +2053,10 @@ async fn stream_pushes_stats_v2_on_connect_and_after_changes() {
     // A channel-scoped stream carries that channel's stats.
     let mut scoped = Sse::connect(app.addr, "/api/stream?channel=C0HELP0002").await;
     let (_, data) = scoped.next().await;
-    assert_eq!(data, app.get("/api/stats_v2?channel=C0HELP0002").await.text());
+    assert_eq!(
+        data,
+        app.get("/api/stats_v2?channel=C0HELP0002").await.text()
+    );
 }
 
 // ====================================================================== concurrency
@@ -1546,8 +2083,16 @@ async fn readers_see_consistent_monotonic_stats_while_a_writer_posts() {
                 let a = &v["all_time"];
                 let n = |k: &str| a[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
                 let total = n("tickets_total");
-                assert_eq!(total, n("tickets_open") + n("tickets_in_progress") + n("tickets_closed"), "{v}");
-                assert_eq!(total, v["past_7d"]["new_tickets_total"].as_u64().unwrap(), "{v}");
+                assert_eq!(
+                    total,
+                    n("tickets_open") + n("tickets_in_progress") + n("tickets_closed"),
+                    "{v}"
+                );
+                assert_eq!(
+                    total,
+                    v["past_7d"]["new_tickets_total"].as_u64().unwrap(),
+                    "{v}"
+                );
                 assert!(total >= last, "tickets_total went from {last} to {total}");
                 last = total;
                 reads += 1;
@@ -1561,15 +2106,28 @@ async fn readers_see_consistent_monotonic_stats_while_a_writer_posts() {
     for i in 0..EVENTS {
         // One new ticket a minute from 2026-01-01T00:00Z, alternating channels.
         let ts = format!("{}.000000", 1_767_225_600 + 60 * i);
-        let channel = if i % 2 == 0 { "C0HELP0001" } else { "C0HELP0002" };
-        let body = new_ticket_body(&format!("EvLOAD{i:05}"), channel, "U0OPENER1", &ts, &format!("question {i}"));
+        let channel = if i % 2 == 0 {
+            "C0HELP0001"
+        } else {
+            "C0HELP0002"
+        };
+        let body = new_ticket_body(
+            &format!("EvLOAD{i:05}"),
+            channel,
+            "U0OPENER1",
+            &ts,
+            &format!("question {i}"),
+        );
         let now = unix_now().to_string();
         let sig = sign(SECRET, &now, &body);
         let r = conn
             .send(
                 "POST",
                 "/slack/events",
-                &[("X-Slack-Request-Timestamp", &now), ("X-Slack-Signature", &sig)],
+                &[
+                    ("X-Slack-Request-Timestamp", &now),
+                    ("X-Slack-Signature", &sig),
+                ],
                 &body,
             )
             .await;
@@ -1577,15 +2135,24 @@ async fn readers_see_consistent_monotonic_stats_while_a_writer_posts() {
     }
     done.store(true, Ordering::Release);
     for r in readers {
-        let (last, reads) = tokio::time::timeout(BOUND, r).await.expect("reader finished").expect("reader ok");
+        let (last, reads) = tokio::time::timeout(BOUND, r)
+            .await
+            .expect("reader finished")
+            .expect("reader ok");
         assert_eq!(last, EVENTS, "a reader's final read");
         assert!(reads >= 1);
     }
     let stats = app.get_json("/api/stats_v2").await;
     assert_eq!(stats["all_time"]["tickets_total"], EVENTS);
     assert_eq!(stats["all_time"]["tickets_open"], EVENTS);
-    assert_eq!(app.get_json("/api/stats_v2?channel=C0HELP0001").await["all_time"]["tickets_total"], EVENTS / 2);
+    assert_eq!(
+        app.get_json("/api/stats_v2?channel=C0HELP0001").await["all_time"]["tickets_total"],
+        EVENTS / 2
+    );
     let list = app.get_json("/api/tickets?status=open").await;
     assert_eq!(list.as_array().unwrap().len() as u64, EVENTS);
-    assert_eq!(app.get_json("/api/user?id=U0OPENER1").await["tickets_opened"], EVENTS);
+    assert_eq!(
+        app.get_json("/api/user?id=U0OPENER1").await["tickets_opened"],
+        EVENTS
+    );
 }

@@ -1114,7 +1114,6 @@ impl Sim {
             );
         }
         check_state(&self.engine, now).map_err(TestCaseError::fail)?;
-        cov(&mut self.engine, now);
         if let Some(twin) = self.twin.take() {
             // A snapshot restored now answers the same; so does the twin, which
             // was restored at every earlier check and kept applying deliveries.
@@ -1160,7 +1159,10 @@ fn run_stream(config: Config, ops: &[Op], twin: bool) -> Result<usize, TestCaseE
     // A final answer far in the future: every ticket has left every window.
     let end = Micros(sim.t_max.max(sim.last_now) + 30 * DAY);
     sim.check(end, (Micros(START), end))?;
-    eprintln!("COV {:?}", COV.iter().map(|c| c.load(Relaxed)).collect::<Vec<_>>());
+    eprintln!(
+        "COV {:?}",
+        COV.iter().map(|c| c.load(Relaxed)).collect::<Vec<_>>()
+    );
     Ok(sim.checks)
 }
 
@@ -1188,30 +1190,3 @@ proptest! {
     }
 }
 
-// TEMP coverage
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-static COV: [AtomicU64; 16] = [const { AtomicU64::new(0) }; 16];
-fn cov(e: &mut Engine, now: Micros) {
-    let s = e.stats_v2(now, 0);
-    let b = |i: usize, c: bool| { if c { COV[i].fetch_add(1, Relaxed); } };
-    b(0, true);
-    b(1, s.past_24h.new_tickets_total > 0);
-    b(2, s.past_24h_previous.new_tickets_total > 0);
-    b(3, s.past_7d_previous.new_tickets_total > 0);
-    b(4, !s.all_time.helpers_leaderboard.is_empty());
-    b(5, !s.past_24h.helpers_leaderboard.is_empty());
-    b(6, s.all_time.helpers_leaderboard.len() > 1);
-    b(7, s.all_time.oldest_unanswered_ticket.is_some());
-    b(8, s.past_24h.closed_today > 0);
-    b(9, s.past_7d.assigned_today_in_progress > 0);
-    b(10, s.all_time.tickets_in_progress > 0);
-    b(11, s.all_time.tickets_closed > 0);
-    b(12, e.all_tickets().any(|t| t.reopened_at.is_some()));
-    b(13, e.all_tickets().any(|t| t.status == Status::Closed && t.closed_by.is_none()));
-    b(14, (e.all_tickets().count() as u64) < e.all_tickets().last().map_or(0, |t| t.id.0));
-    b(15, s.all_time.tickets_total > 20);
-}
-#[test]
-fn zz_cov() {
-    std::thread::sleep(std::time::Duration::from_secs(1));
-}

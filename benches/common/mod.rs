@@ -50,8 +50,15 @@ pub fn config() -> Config {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Step {
     Arrival,
-    Reply { ts: String, user: String },
-    Macro { ts: String, helper: usize, name: &'static str },
+    Reply {
+        ts: String,
+        user: String,
+    },
+    Macro {
+        ts: String,
+        helper: usize,
+        name: &'static str,
+    },
 }
 
 /// The workload: `tickets` arrivals from `start`, one per `gap` (with jitter),
@@ -183,7 +190,9 @@ impl Gen {
                 let text = "Thanks! Could you share a screenshot of the error?";
                 Some(self.message(at, Some(ts), &user, text))
             }
-            Step::Macro { ts, helper, name } => Some(self.message(at, Some(ts), HELPERS[helper], name)),
+            Step::Macro { ts, helper, name } => {
+                Some(self.message(at, Some(ts), HELPERS[helper], name))
+            }
         }
     }
 

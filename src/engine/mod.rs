@@ -105,6 +105,8 @@ pub struct Engine {
     stale: BTreeSet<(Micros, TicketId)>,
     groups: Vec<Group>,
     version: u64,
+    /// Tickets changed since the last `take_changed` (for the push stream).
+    changed: Vec<TicketId>,
 }
 
 impl Engine {
@@ -140,6 +142,7 @@ impl Engine {
             stale: BTreeSet::new(),
             groups,
             version: 0,
+            changed: Vec::new(),
             config,
         }
     }
@@ -458,6 +461,7 @@ impl Engine {
         };
         self.attach(t);
         self.version += 1;
+        self.changed.push(id);
     }
 
     fn run_macro(&mut self, id: TicketId, user: &str, name: &str, rest: &str, at: Micros) {
@@ -536,6 +540,7 @@ impl Engine {
         if let Some(t) = self.tickets[ix].take() {
             self.detach(&t);
             self.version += 1;
+            self.changed.push(id);
         }
     }
 
@@ -650,6 +655,12 @@ impl Engine {
         f(&mut t);
         self.attach(t);
         self.version += 1;
+        self.changed.push(id);
+    }
+
+    /// Ids of the tickets changed (created, updated or deleted) since the last call.
+    pub fn take_changed(&mut self) -> Vec<TicketId> {
+        std::mem::take(&mut self.changed)
     }
 
     /// Removes a ticket's contribution from every counter and index.
