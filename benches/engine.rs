@@ -136,6 +136,7 @@ fn bench_apply(c: &mut Criterion, rec: &Record, base: u64, now: Micros) {
     let mut gen = common::Gen::new(base, now, true);
     while let Some(d) = gen.next_until(now) {
         engine.apply(&d);
+        engine.take_changed();
     }
     // Windows at `now`, as on a server that has answered a read.
     engine.stats_v2(now, 0);
@@ -152,6 +153,8 @@ fn bench_apply(c: &mut Criterion, rec: &Record, base: u64, now: Micros) {
             let started = Instant::now();
             for d in &batch {
                 black_box(engine.apply(d));
+                // As `App::ingest` does after every delivery.
+                black_box(engine.take_changed());
             }
             rec.add("apply", started.elapsed(), iters)
         })

@@ -394,11 +394,7 @@ async fn start_slack(app: &Arc<App>, common: &Common) -> Option<connect::SocketM
     socket
 }
 
-async fn backfill(
-    common: &Common,
-    since: &str,
-    until: Option<&str>,
-) -> Result<Arc<App>, Failure> {
+async fn backfill(common: &Common, since: &str, until: Option<&str>) -> Result<Arc<App>, Failure> {
     let config = common.engine_config()?;
     if config.help_channels.is_empty() {
         return Err(ConfigError("SLACK_HELP_CHANNEL is required for backfill".into()).into());
@@ -420,8 +416,9 @@ async fn backfill(
     let channels = config.help_channels.clone();
     let team = config.team_channel.clone();
     let app = Arc::new(App::new(Engine::new(config), clock, common.settings()));
-    let client = connect::https_client(&common.api_options())
-        .map_err(|e| Failure::Runtime(format!("cannot set up the Slack client (TLS roots): {e}")))?;
+    let client = connect::https_client(&common.api_options()).map_err(|e| {
+        Failure::Runtime(format!("cannot set up the Slack client (TLS roots): {e}"))
+    })?;
     let api = SlackApi::connect(client, token, common.api_options())
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;

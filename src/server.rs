@@ -201,7 +201,12 @@ impl App {
                     let scope = engine.scope(Some(&t.channel)).unwrap_or(0);
                     (scope, serde_json::to_vec(&t).unwrap_or_default())
                 }
-                None => (0, json!({"id": id.0, "deleted": true}).to_string().into_bytes()),
+                None => (
+                    0,
+                    json!({"id": id.0, "deleted": true})
+                        .to_string()
+                        .into_bytes(),
+                ),
             };
             let mut chunk = format!("event: ticket\nid: {version}\ndata: ").into_bytes();
             chunk.extend_from_slice(&json);
@@ -235,9 +240,32 @@ fn ok_json<T: Serialize>(v: &T) -> Response<Body> {
     json_response(StatusCode::OK, serde_json::to_vec(v).unwrap_or_default())
 }
 
+/// A route's refusal: a status and the spec's `{"error": …}` body (maybe with a `tip`).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    fn into_response(self) -> Response<Body> {
+        let mut r = json_response(self.status, self.body.to_string());
+        if let Some(allow) = self.allow {
+            r.headers_mut()
+                .insert("allow", HeaderValue::from_static(allow));
+        }
+        r
+    }
+}
+
 /// A client error with the spec's `{"error": …}` body.
-fn error(status: StatusCode, message: &str) -> Response<Body> {
-    json_response(status, json!({ "error": message }).to_string())
+fn error(status: StatusCode, message: &str) -> ApiError {
+    ApiError {
+        status,
+        body: json!({ "error": message }),
+        allow: None,
+    }
 }
 
 /// A 200 JSON body with an `ETag`, or 304 when the client has it already.
@@ -292,20 +320,20 @@ impl Query {
     }
 }
 
-fn iso_param(v: Option<&str>) -> Result<Option<Micros>, Response<Body>> {
+fn iso_param(v: Option<&str>) -> Result<Option<Micros>, ApiError> {
     v.map(|s| Micros::parse_iso(s).map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string())))
         .transpose()
 }
 
 // ---------------------------------------------------------------- routing
 
-type Handled = Result<Response<Body>, Response<Body>>;
+type Handled = Result<Response<Body>, ApiError>;
 
 /// Handles one request (public so tests and benches can drive it without a socket).
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let (route, resp) = route(&app, req).await;
-    let resp = resp.unwrap_or_else(|e| e);
+    let resp = resp.unwrap_or_else(ApiError::into_response);
     app.metrics.request(
         route,
         resp.status().as_u16(),
@@ -335,10 +363,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> (&'static str, Handled
     };
     let get_ok = *method == Method::GET && req.method() == Method::HEAD;
     if req.method() != method && !get_ok {
-        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-        r.headers_mut()
-            .insert("allow", HeaderValue::from_static(method.as_str()));
-        return (name, Err(r));
+        let mut e = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        e.allow = Some(method.as_str());
+        return (name, Err(e));
     }
     let q = Query::parse(req.uri().query());
     let result = match *name {
@@ -356,7 +383,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> (&'static str, Handled
     (name, result)
 }
 
-fn scope_of(app: &App, q: &Query) -> Result<usize, Response<Body>> {
+fn scope_of(app: &App, q: &Query) -> Result<usize, ApiError> {
     let channel = q.get("channel");
     app.engine().scope(channel).ok_or_else(|| {
         error(
@@ -447,14 +474,14 @@ fn tickets(app: &App, q: &Query, scope: usize, now: Micros) -> Handled {
     let since = iso_param(q.either("since", "after"))?;
     let until = iso_param(q.either("until", "before"))?;
     if matches!(status, None | Some(Status::Closed)) && since.is_none() && until.is_none() {
-        return Err(json_response(
-            StatusCode::BAD_REQUEST,
-            json!({
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body: json!({
                 "error": "Provided filters are too broad",
                 "tip": "Please provide a ?since= or ?until= parameter, or filter by ?status=open or ?status=in_progress"
-            })
-            .to_string(),
-        ));
+            }),
+            allow: None,
+        });
     }
     let mut engine = app.engine();
     engine.advance(now);
@@ -706,16 +733,21 @@ fn stream(app: Arc<App>, scope: usize) -> Response<Body> {
 
 // ---------------------------------------------------------------- serving
 
-/// Serves until `shutdown` resolves, then drains connections for up to two seconds.
+/// Serves until `shutdown` resolves, then drains connections for up to two seconds
+/// and drops those still open (event streams never finish on their own).
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connection tasks, so that streams still open after the grace period are
+    // dropped (an SSE response never completes on its own).
+    let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => {
                 let (stream, _) = match accepted {
                     Ok(s) => s,
@@ -733,7 +765,7 @@ pub async fn serve(
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
@@ -746,5 +778,6 @@ pub async fn serve(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(Duration::from_secs(2)) => {}
     }
+    conns.shutdown().await;
     Ok(())
 }

@@ -69,7 +69,7 @@ impl Micros {
     }
 
     fn from_timestamp(ts: Timestamp) -> Option<Self> {
-        i64::try_from(ts.as_microsecond()).ok().map(Micros)
+        Some(Micros(ts.as_microsecond()))
     }
 
     /// The current wall-clock instant.

@@ -1159,10 +1159,6 @@ fn run_stream(config: Config, ops: &[Op], twin: bool) -> Result<usize, TestCaseE
     // A final answer far in the future: every ticket has left every window.
     let end = Micros(sim.t_max.max(sim.last_now) + 30 * DAY);
     sim.check(end, (Micros(START), end))?;
-    eprintln!(
-        "COV {:?}",
-        COV.iter().map(|c| c.load(Relaxed)).collect::<Vec<_>>()
-    );
     Ok(sim.checks)
 }
 
@@ -1189,4 +1185,3 @@ proptest! {
         run_stream(config, &ops, true)?;
     }
 }
-

@@ -492,7 +492,7 @@ impl Engine {
         let helper = self.is_helper(user);
         let trusted = self.trusted.contains(user);
         let is_opener = self.user_ix.get(user) == Some(&opener);
-        if !forced && !(helper || is_opener || trusted) {
+        if !(forced || helper || is_opener || trusted) {
             return;
         }
         let actor = self.user_id(user);
