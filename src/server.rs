@@ -271,7 +271,12 @@ fn error(status: StatusCode, message: &str) -> ApiError {
 /// A 200 JSON body with an `ETag`, or 304 when the client has it already.
 fn cached_json(req_etag: Option<&HeaderValue>, body: Bytes) -> Response<Body> {
     let tag = format!("\"{:016x}\"", fnv1a(&body));
-    let mut r = if req_etag.is_some_and(|h| h.as_bytes() == tag.as_bytes()) {
+    let matches = req_etag.and_then(|h| h.to_str().ok()).is_some_and(|h| {
+        h.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == tag)
+    });
+    let mut r = if matches {
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         r
@@ -298,9 +303,12 @@ fn fnv1a(b: &[u8]) -> u64 {
 struct Query(Vec<(String, String)>);
 
 impl Query {
+    /// Percent-decodes, but keeps `+` literal: none of our values contains a space,
+    /// while dates (`+01:00`) and ids (`+5`) legitimately contain `+`.
     fn parse(q: Option<&str>) -> Self {
+        let q = q.unwrap_or("").replace('+', "%2B");
         Query(
-            form_urlencoded::parse(q.unwrap_or("").as_bytes())
+            form_urlencoded::parse(q.as_bytes())
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
         )
@@ -321,8 +329,19 @@ impl Query {
 }
 
 fn iso_param(v: Option<&str>) -> Result<Option<Micros>, ApiError> {
-    v.map(|s| Micros::parse_iso(s).map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string())))
-        .transpose()
+    v.map(|s| {
+        Micros::parse_iso(s)
+            // `+` is kept literal in queries (see `Query::parse`), so a form-encoded
+            // space between date and time arrives as `+`: read it as the separator.
+            .or_else(|e| match s.get(10..11) {
+                Some("+") => {
+                    Micros::parse_iso(&format!("{}T{}", &s[..10], &s[11..])).map_err(|_| e)
+                }
+                _ => Err(e),
+            })
+            .map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string()))
+    })
+    .transpose()
 }
 
 // ---------------------------------------------------------------- routing
@@ -588,7 +607,7 @@ fn metrics(app: &App) -> Response<Body> {
     let mut r = Response::new(full(app.metrics.encode()));
     r.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     r
 }
