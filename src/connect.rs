@@ -202,10 +202,8 @@ impl<H: Connector> SlackApi<H> {
         opts: ApiOptions,
     ) -> Result<Self, ConnectError> {
         let mut token = SlackApiToken::new(SlackApiTokenValue(bot_token.to_string()));
-        let auth = client
-            .open_session(&token)
-            .auth_test()
-            .await
+        let auth = within(client.open_session(&token).auth_test())
+            .await?
             .map_err(|e| explain("auth.test", "SLACK_BOT_TOKEN", None, e))?;
         token = token.with_team_id(SlackTeamId(auth.team_id.0.clone()));
         Ok(SlackApi {
@@ -228,13 +226,27 @@ impl<H: Connector> SlackApi<H> {
         let mut pages = SlackApiScrollableRequest::<SlackClientHyperConnector<H>>::scroller(&req);
         let mut out = Vec::new();
         while pages.has_next() {
-            let page = pages.next_mut(&session).await.map_err(|e| {
+            let page = within(pages.next_mut(&session)).await?.map_err(|e| {
                 explain("conversations.members", "SLACK_BOT_TOKEN", Some(channel), e)
             })?;
             out.extend(page.members.into_iter().map(|u| u.0));
         }
         Ok(out)
     }
+}
+
+/// Longest wait for one Web API call, `Retry-After` retries included: the
+/// client has no timeout of its own, and a hung call must not stall the roster
+/// loop or a catch-up forever.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+async fn within<T>(call: impl std::future::Future<Output = T>) -> Result<T, ConnectError> {
+    tokio::time::timeout(CALL_TIMEOUT, call).await.map_err(|_| {
+        ConnectError(format!(
+            "a Slack Web API call got no answer in {} minutes: check the network",
+            CALL_TIMEOUT.as_secs() / 60
+        ))
+    })
 }
 
 // ---------------------------------------------------------------- ingest
@@ -408,7 +420,9 @@ impl SlackSocketModeClientListener for SocketListener {
     }
 }
 
-/// A running Socket Mode listener.
+/// A running Socket Mode listener. Keep it for as long as Socket Mode should
+/// run: it owns slack-morphism's connection manager, without which dropped
+/// connections are not reopened.
 pub struct SocketMode {
     manager: Arc<Manager>,
     listener: Arc<SocketListener>,
@@ -446,11 +460,11 @@ pub async fn start_socket_mode<H: Connector>(
     opts: SocketOptions,
 ) -> Result<SocketMode, ConnectError> {
     let token = SlackApiToken::new(SlackApiTokenValue(app_token.to_string()));
-    match client
+    let check = client
         .open_session(&token)
         .apps_connections_open(&SlackApiAppsConnectionOpenRequest::new())
-        .await
-    {
+        .await;
+    match check {
         Ok(_) => {}
         Err(e @ SlackClientError::ApiError(_)) => {
             return Err(explain("apps.connections.open", "SLACK_APP_TOKEN", None, e))
@@ -641,8 +655,10 @@ pub struct BackfillOptions {
     pub until: Option<Micros>,
     /// Messages per page asked of Slack (Slack may return fewer).
     pub page_size: u16,
-    /// Also re-read the threads of tickets that are not closed, even when their
-    /// top-level message is older than `since` (replies may have come since).
+    /// Also look for replies since `since` in the threads of older tickets: the
+    /// history is then read from the oldest ticket that is not closed, and the
+    /// threads of known tickets whose `latest_reply` is at or after `since` are
+    /// read (top-level messages older than `since` are never applied).
     pub open_tickets: bool,
     /// Print progress on stderr.
     pub progress: bool,
@@ -744,14 +760,17 @@ impl Progress {
             return;
         }
         self.last = Instant::now();
-        let remaining = threads_total.saturating_sub(r.threads);
+        let remaining = threads_total.saturating_sub(r.threads) as f64;
+        // The pacing allows a burst of one minute's worth of requests, then one
+        // every `interval`: never promise faster than that.
+        let burst = (60.0 / self.interval - r.requests as f64).max(0.0);
+        let paced = (remaining - burst).max(0.0) * self.interval;
         let eta = match self.threads_started {
             Some(t0) if r.threads > 0 => {
                 let per = t0.elapsed().as_secs_f64() / r.threads as f64;
-                // Never promise faster than the pacing allows.
-                Some(remaining as f64 * per.max(self.interval))
+                Some((remaining * per).max(paced))
             }
-            Some(_) => Some(remaining as f64 * self.interval),
+            Some(_) => Some(paced),
             None => None,
         };
         let eta = eta.map_or("ETA unknown until the history is read".to_string(), |s| {
@@ -813,9 +832,13 @@ pub async fn backfill<H: Connector>(
 /// What is *not* idempotent or not recovered: a reply that changed nothing (a
 /// `?resolve` by a non-helper) may change something on a later run if the
 /// helper roster changed in between; deletions of messages without replies and
-/// reaction removals leave no trace in the history; a reply older than a later
-/// event of its thread that was applied first (a live event that raced the
-/// backfill) is skipped.
+/// reaction removals leave no trace in the history; the watermarks are taken
+/// when the backfill starts, so a live event applied while it runs (at or
+/// after `until`) comes before older messages of the same thread, and if both
+/// are helper replies the older one ends up holding the assignment. With
+/// `stale_after_days`, a stale close already applied
+/// (because the server answered a read at a later `now`) is not undone by a
+/// reply the backfill finds before the stale instant.
 pub async fn backfill_with<H: Connector>(
     app: &App,
     api: &SlackApi<H>,
@@ -827,7 +850,7 @@ pub async fn backfill_with<H: Connector>(
     let (mut marks, open, reaction) = {
         let engine = app.engine();
         let mut marks: HashMap<(String, String), Mark> = HashMap::new();
-        let mut open: HashMap<String, Vec<String>> = HashMap::new();
+        let mut open: HashMap<String, Micros> = HashMap::new();
         for t in engine.all_tickets() {
             let channel = engine.channel_name(t.channel).to_string();
             let latest = [Some(t.last_msg_at), t.closed_at, t.reopened_at]
@@ -842,7 +865,8 @@ pub async fn backfill_with<H: Connector>(
                 },
             );
             if t.status != Status::Closed {
-                open.entry(channel).or_default().push(t.message_ts.clone());
+                let oldest = open.entry(channel).or_insert(t.created_at);
+                *oldest = (*oldest).min(t.created_at);
             }
         }
         (marks, open, engine.config().resolution_reaction.clone())
@@ -869,65 +893,75 @@ pub async fn backfill_with<H: Connector>(
         });
     };
 
-    // Phase 1: the history of every channel.
+    // Phase 1: the history of every channel, from `since` or, to see replies
+    // that came since then in older tickets' threads, from the oldest ticket
+    // that is not closed.
     let mut threads: Vec<(String, String)> = Vec::new();
-    let mut parents: HashMap<(String, String), SlackHistoryMessage> = HashMap::new();
+    let mut single: Vec<(String, String, SlackHistoryMessage, Micros)> = Vec::new();
     for channel in channels {
-        let mut seen_threads: HashSet<String> = HashSet::new();
+        let from = match open.get(channel) {
+            Some(oldest) if opts.open_tickets => opts.since.min(*oldest),
+            _ => opts.since,
+        };
         let req = SlackApiConversationsHistoryRequest::new()
             .with_channel(SlackChannelId(channel.clone()))
-            .with_oldest(slack_ts(opts.since))
+            .with_oldest(slack_ts(from))
             .with_inclusive(true)
             .with_limit(opts.page_size)
             .opt_latest(until.map(slack_ts));
         let mut pages = SlackApiScrollableRequest::<SlackClientHyperConnector<H>>::scroller(&req);
         while pages.has_next() {
-            let page = pages.next_mut(&session).await.map_err(|e| {
+            let page = within(pages.next_mut(&session)).await?.map_err(|e| {
                 explain("conversations.history", "SLACK_BOT_TOKEN", Some(channel), e)
             })?;
             report.requests += 1;
             for m in &page.messages {
                 report.messages_read += 1;
                 let ts = m.origin.ts.0.clone();
-                let thread = m
-                    .origin
-                    .thread_ts
-                    .as_ref()
-                    .map_or(ts.clone(), |t| t.0.clone());
-                if thread != ts {
+                let Ok(at) = Micros::from_slack_ts(&ts) else {
+                    continue;
+                };
+                if m.origin.thread_ts.as_ref().is_some_and(|t| t.0 != ts) {
                     // A thread_broadcast: it comes again with its thread's replies.
                     continue;
                 }
-                if m.parent.reply_count.unwrap_or(0) > 0 || m.parent.latest_reply.is_some() {
-                    if seen_threads.insert(ts.clone()) {
-                        threads.push((channel.clone(), ts.clone()));
-                    }
+                let recent = at >= opts.since;
+                if !recent && !marks.contains_key(&(channel.clone(), ts.clone())) {
+                    // Older than `since` and not a ticket: not asked for.
+                    continue;
+                }
+                let latest_reply = m
+                    .parent
+                    .latest_reply
+                    .as_ref()
+                    .and_then(|t| Micros::from_slack_ts(&t.0).ok());
+                let has_replies = m.parent.reply_count.unwrap_or(0) > 0 || latest_reply.is_some();
+                let fresh = recent || latest_reply.is_none_or(|r| r >= opts.since);
+                if has_replies && fresh {
+                    threads.push((channel.clone(), ts));
                 } else {
-                    parents.insert((channel.clone(), ts.clone()), m.clone());
+                    let est = latest_reply.map_or(at, |r| r.max(at));
+                    single.push((channel.clone(), ts, m.clone(), est));
                 }
             }
             progress.show(&report, 0, false);
         }
-        if opts.open_tickets {
-            for ts in open.get(channel).into_iter().flatten() {
-                if seen_threads.insert(ts.clone()) {
-                    parents.remove(&(channel.clone(), ts.clone()));
-                    threads.push((channel.clone(), ts.clone()));
-                }
-            }
-        }
     }
 
-    // Top-level messages without replies, read from the history alone.
-    for ((channel, ts), m) in &parents {
+    // Top-level messages whose thread is not read: the message itself when it
+    // is in the period, and the resolution reaction it shows.
+    for (channel, ts, m, est) in &single {
         let Ok(at) = Micros::from_slack_ts(ts) else {
             continue;
         };
-        if !before_until(at) {
-            continue;
+        if at >= opts.since && before_until(at) {
+            add_message(&mut items, &mut push, channel, ts, m);
         }
-        add_message(&mut items, &mut push, channel, ts, m);
-        add_resolution(&mut push, &mut items, channel, ts, m, &reaction, at, false);
+        if before_until(*est) {
+            add_resolution(
+                &mut push, &mut items, channel, ts, m, &reaction, *est, false,
+            );
+        }
     }
 
     // Phase 2: every thread.
@@ -945,7 +979,7 @@ pub async fn backfill_with<H: Connector>(
         let mut latest: Option<(Micros, bool)> = None;
         let mut seen: HashSet<String> = HashSet::new();
         while pages.has_next() {
-            let page = pages.next_mut(&session).await.map_err(|e| {
+            let page = within(pages.next_mut(&session)).await?.map_err(|e| {
                 explain("conversations.replies", "SLACK_BOT_TOKEN", Some(channel), e)
             })?;
             report.requests += 1;

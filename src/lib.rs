@@ -2,6 +2,8 @@
 //!
 //! The layout follows the data:
 //! - [`slack`] decodes Events API bodies into [`model::Delivery`] values;
+//! - [`connect`] talks to Slack through slack-morphism: Socket Mode, the helper
+//!   roster and history backfill, all fed through the same ingest path;
 //! - [`engine`] is the pure core: it applies deliveries to ticket state and keeps
 //!   every statistic of the spec incrementally (no I/O, no clock reads);
 //! - [`report`] holds the API's answer shapes;

@@ -268,10 +268,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             let clock = common.clock()?;
             let app = Arc::new(App::new(Engine::new(config), clock, common.settings()));
-            let socket = start_slack(&app, &common).await;
+            // Slack is contacted beside the listener, never before it.
+            let slack = tokio::spawn(start_slack(app.clone(), common.clone()));
             let served = listen(app, common.addr()).await;
-            if let Some(s) = socket {
-                s.shutdown().await;
+            if slack.is_finished() {
+                if let Ok(Some(socket)) = slack.await {
+                    socket.shutdown().await;
+                }
+            } else {
+                slack.abort();
             }
             served
         }
@@ -349,7 +354,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 /// `serve`'s Slack clients, as the tokens allow: Socket Mode (SLACK_APP_TOKEN);
 /// the helper roster, a catch-up backfill and the periodic roster (SLACK_BOT_TOKEN).
 /// A Slack problem is logged on one line and the server keeps serving.
-async fn start_slack(app: &Arc<App>, common: &Common) -> Option<connect::SocketMode> {
+async fn start_slack(app: Arc<App>, common: Common) -> Option<connect::SocketMode> {
     if common.app_token().is_none() && common.bot_token().is_none() {
         return None;
     }

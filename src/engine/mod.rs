@@ -753,11 +753,11 @@ impl Engine {
     pub fn stats_v2(&mut self, now: Micros, scope: usize) -> StatsV2 {
         self.advance(now);
         let all_time = self.overall(now, scope);
+        // Borrowing the window in place (no `mem::take`) avoids building a throwaway
+        // `Agg` (four histogram allocations) per window on every read.
         let [a, b, c, d] = std::array::from_fn(|w| {
-            let mut agg = std::mem::take(&mut self.groups[scope].windows[w]);
-            let s = self.time_bound(&mut agg);
-            self.groups[scope].windows[w] = agg;
-            s
+            let board = self.leaderboard(&self.groups[scope].windows[w]);
+            Self::time_bound(&mut self.groups[scope].windows[w], board)
         });
         StatsV2 {
             all_time,
@@ -797,7 +797,7 @@ impl Engine {
         }
     }
 
-    fn time_bound(&self, a: &mut Agg) -> TimeBoundStats {
+    fn time_bound(a: &mut Agg, helpers_leaderboard: Vec<LeaderEntry>) -> TimeBoundStats {
         let count = |s: Status| a.new_by_status[s.index()] as u64;
         TimeBoundStats {
             new_tickets_total: a.new_total as u64,
@@ -807,7 +807,7 @@ impl Engine {
             closed_today: a.closed_in as u64,
             closed_today_from_today: a.closed_from_in as u64,
             assigned_today_in_progress: a.assigned_in_progress as u64,
-            helpers_leaderboard: self.leaderboard(a),
+            helpers_leaderboard,
             mean_hang_time_minutes_unresolved: a.hang_unresolved.minutes(),
             mean_hang_time_minutes_all: a.hang_all.minutes(),
             mean_resolution_time_minutes: a.resolution.minutes(),
@@ -868,7 +868,8 @@ impl Engine {
                 }
             }
         }
-        self.time_bound(&mut agg)
+        let board = self.leaderboard(&agg);
+        Self::time_bound(&mut agg, board)
     }
 
     /// Per-bucket counts and hang times for `[since, until)`: O(buckets).
