@@ -205,20 +205,7 @@ impl Demo {
                 out.push(self.message(at, &ts, Some(&ticket), HELPERS[helper], text));
             }
             Step::ReactResolve { ticket, user } => {
-                self.events += 1;
-                out.push(Delivery {
-                    event_id: Some(format!("EvDemo{:08}", self.events)),
-                    time: at,
-                    bot_user: None,
-                    event: Event::Reaction {
-                        added: true,
-                        user,
-                        reaction: "white_check_mark".into(),
-                        channel: HELP_CHANNEL.into(),
-                        item_ts: ticket,
-                        at,
-                    },
-                });
+                out.push(self.check_mark(at, true, user, ticket));
             }
             Step::Reopen { ticket, opener } => {
                 out.push(self.message(
@@ -237,21 +224,25 @@ impl Demo {
                         helper,
                     },
                 );
-                self.events += 1;
-                out.push(Delivery {
-                    event_id: Some(format!("EvDemo{:08}", self.events)),
-                    time: at,
-                    bot_user: None,
-                    event: Event::Reaction {
-                        added: false,
-                        user: opener,
-                        reaction: "white_check_mark".into(),
-                        channel: HELP_CHANNEL.into(),
-                        item_ts: ticket,
-                        at,
-                    },
-                });
+                out.push(self.check_mark(at, false, opener, ticket));
             }
+        }
+    }
+
+    fn check_mark(&mut self, at: Micros, added: bool, user: String, ticket: String) -> Delivery {
+        self.events += 1;
+        Delivery {
+            event_id: Some(format!("EvDemo{:08}", self.events)),
+            time: at,
+            bot_user: None,
+            event: Event::Reaction {
+                added,
+                user,
+                reaction: "white_check_mark".into(),
+                channel: HELP_CHANNEL.into(),
+                item_ts: ticket,
+                at,
+            },
         }
     }
 
