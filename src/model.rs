@@ -262,7 +262,7 @@ impl Event {
             Event::Reaction { added: false, .. } => "reaction_removed",
             Event::Member { joined: true, .. } => "member_joined_channel",
             Event::Member { joined: false, .. } => "member_left_channel",
-            Event::Other { .. } => "other",
+            Event::Other { kind } => kind,
         }
     }
 }
