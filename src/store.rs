@@ -1778,7 +1778,7 @@ mod tests {
 
     fn rebuild(rec: Recovered) -> Engine {
         let mut e = match rec.persisted {
-            Some(p) => Engine::restore(cfg(), p),
+            Some(p) => Engine::restore(cfg(), p).expect("same channels"),
             None => Engine::new(cfg()),
         };
         for d in &rec.journal {
@@ -2608,7 +2608,7 @@ mod tests {
                 load.push(t.elapsed());
                 drop(store);
                 let t = Instant::now();
-                let e2 = Engine::restore(cfg(), rec.persisted.unwrap());
+                let e2 = Engine::restore(cfg(), rec.persisted.unwrap()).expect("same channels");
                 restore.push(t.elapsed());
                 assert_eq!(e2.ticket_count(), e.ticket_count());
             }

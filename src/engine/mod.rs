@@ -64,6 +64,19 @@ pub struct Persisted {
     pub clock: Option<Micros>,
     /// Top-level `ts` values of deleted tickets, per channel index, so a replay does not revive them.
     pub deleted: Vec<(u16, String)>,
+    /// The help channels the channel indexes above refer to.
+    pub channels: Vec<String>,
+}
+
+/// Why saved state cannot be restored under the current configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// A channel holding saved tickets is no longer watched.
+    #[error(
+        "the saved state has tickets in help channel {0}, which SLACK_HELP_CHANNEL no longer lists; \
+         add it back (channels may be reordered or added freely)"
+    )]
+    ChannelDropped(String),
 }
 
 /// Per-scope (all channels, or one) counters and ordered indexes.
@@ -148,8 +161,16 @@ impl Engine {
     }
 
     /// Rebuilds an engine from persisted state (every index recomputed).
-    pub fn restore(config: Config, p: Persisted) -> Self {
+    pub fn restore(config: Config, p: Persisted) -> Result<Self, RestoreError> {
         let mut e = Engine::new(config);
+        // Saved channel indexes refer to the saved channel list; map them by name.
+        let remap: Vec<u16> = p
+            .channels
+            .iter()
+            .map(|c| e.channel_ix.get(c).copied().ok_or(c))
+            .collect::<Result<_, _>>()
+            .map_err(|c| RestoreError::ChannelDropped(c.clone()))?;
+        let map = |ix: u16| remap.get(ix as usize).copied().unwrap_or(ix);
         e.users = p.users;
         e.user_ix = e
             .users
@@ -167,17 +188,21 @@ impl Engine {
         }
         e.clock = p.clock;
         for (ch, ts) in p.deleted {
-            e.by_ts.insert((ch, ts), TicketId(0));
+            e.by_ts.insert((map(ch), ts), TicketId(0));
         }
         e.masks = vec![[0; 4]; p.tickets.len()];
         e.tickets = p.tickets;
         for ix in 0..e.tickets.len() {
-            if let Some(t) = e.tickets[ix].take() {
+            if let Some(mut t) = e.tickets[ix].take() {
+                t.channel = map(t.channel);
+                if t.channel as usize >= e.config.help_channels.len() {
+                    return Err(RestoreError::ChannelDropped(format!("#{}", t.channel)));
+                }
                 e.by_ts.insert((t.channel, t.message_ts.clone()), t.id);
                 e.attach(t);
             }
         }
-        e
+        Ok(e)
     }
 
     /// The state a snapshot keeps.
@@ -199,6 +224,7 @@ impl Engine {
             seen: self.seen_order.iter().cloned().collect(),
             clock: self.clock,
             deleted,
+            channels: self.config.help_channels.clone(),
         }
     }
 
@@ -998,4 +1024,46 @@ fn credited_other(t: &Ticket) -> Option<UserId> {
 
 fn field_values(t: &Ticket) -> [Option<Micros>; 3] {
     [Some(t.created_at), t.closed_at, t.assigned_at]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Message;
+
+    fn config(channels: &[&str]) -> Config {
+        Config {
+            help_channels: channels.iter().map(|c| c.to_string()).collect(),
+            ..Config::default()
+        }
+    }
+
+    fn ask(channel: &str, ts: &str) -> Delivery {
+        Delivery {
+            event_id: None,
+            time: Micros::from_slack_ts(ts).unwrap(),
+            bot_user: None,
+            event: Event::Message(Message {
+                channel: channel.into(),
+                ts: ts.into(),
+                at: Micros::from_slack_ts(ts).unwrap(),
+                thread_ts: None,
+                user: Some("U1".into()),
+                bot: false,
+                subtype: None,
+                text: "help".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn restore_follows_channels_by_name_and_refuses_a_dropped_one() {
+        let mut e = Engine::new(config(&["CA", "CB"]));
+        e.apply(&ask("CB", "1767225600.000001"));
+        let reordered = Engine::restore(config(&["CC", "CB", "CA"]), e.persisted()).unwrap();
+        assert_eq!(reordered.ticket(1, 2).map(|t| t.channel), Some("CB".into()));
+        assert!(reordered.ticket(1, 1).is_none());
+        let err = Engine::restore(config(&["CA"]), e.persisted()).unwrap_err();
+        assert!(err.to_string().contains("CB"), "{err}");
+    }
 }
