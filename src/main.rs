@@ -7,6 +7,7 @@ use seshat::engine::{Engine, Outcome};
 use seshat::model::Config;
 use seshat::server::{self, App, Clock, Settings};
 use seshat::slack;
+use seshat::store::{self, Store, SyncPolicy};
 use seshat::time::{Micros, DAY};
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -53,6 +54,26 @@ enum Command {
         serve: bool,
         #[command(flatten)]
         common: Common,
+    },
+    /// Look at a data directory's snapshots and journals.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotAction {
+    /// Print a snapshot's (or journal's) header, counts and time range.
+    Inspect {
+        /// A snapshot or journal file.
+        file: PathBuf,
+    },
+    /// Check every snapshot and journal of a data directory (read-only).
+    Verify {
+        /// The data directory.
+        #[arg(long, env = "DATA_DIR")]
+        data_dir: PathBuf,
     },
 }
 
@@ -115,6 +136,15 @@ struct Common {
     /// At start-up with SLACK_BOT_TOKEN, read what Slack has since the newest applied event.
     #[arg(long, env = "SLACK_CATCH_UP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     catch_up: bool,
+    /// Group-commit the journal every N ms instead of fsyncing before each acknowledgement (0 = fsync each).
+    #[arg(long, env = "JOURNAL_GROUP_COMMIT_MS", default_value_t = 0)]
+    journal_group_commit_ms: u64,
+    /// Write a snapshot at least this often (seconds) while events arrive.
+    #[arg(long, env = "SNAPSHOT_EVERY_SECS", default_value_t = 300)]
+    snapshot_every_secs: u64,
+    /// Write a snapshot after this many journal records.
+    #[arg(long, env = "SNAPSHOT_EVERY_EVENTS", default_value_t = 10_000)]
+    snapshot_every_events: u64,
 }
 
 /// A configuration problem: reported on stderr with exit code 2.
@@ -267,10 +297,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .into());
             }
             let clock = common.clock()?;
-            let app = Arc::new(App::new(Engine::new(config), clock, common.settings()));
+            let (app, store) = open_app(&common, config, clock)?;
             // Slack is contacted beside the listener, never before it.
             let slack = tokio::spawn(start_slack(app.clone(), common.clone()));
-            let served = listen(app, common.addr()).await;
+            let served = listen_durably(app, store, &common).await;
             if slack.is_finished() {
                 if let Ok(Some(socket)) = slack.await {
                     socket.shutdown().await;
@@ -319,16 +349,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let config = common.engine_config()?;
             let clock = common.clock()?;
-            let app = Arc::new(App::new(Engine::new(config), clock, common.settings()));
+            let (app, store) = open_app(&common, config, clock)?;
             replay(&app, &file)?;
             if serve {
-                listen(app, common.addr()).await
+                listen_durably(app, store, &common).await
             } else {
+                final_snapshot(&app, store.as_deref());
                 let json = app.stats_v2_json(0, clock.now());
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&json);
                 let _ = out.write_all(b"\n");
                 Ok(())
+            }
+        }
+        Command::Snapshot { action } => {
+            let report = match action {
+                SnapshotAction::Inspect { file } => store::inspect(&file),
+                SnapshotAction::Verify { data_dir } => store::verify(&data_dir),
+            };
+            match report {
+                Ok(text) => {
+                    println!("{text}");
+                    Ok(())
+                }
+                Err(e) => Err(Failure::Runtime(e.to_string())),
             }
         }
         Command::Backfill {
@@ -337,10 +381,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             serve,
             common,
         } => {
-            let app = backfill(&common, &since, until.as_deref()).await?;
+            let (app, store) = backfill(&common, &since, until.as_deref()).await?;
             if serve {
-                listen(app, common.addr()).await
+                listen_durably(app, store, &common).await
             } else {
+                final_snapshot(&app, store.as_deref());
                 let json = app.stats_v2_json(0, app.clock.now());
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&json);
@@ -399,7 +444,11 @@ async fn start_slack(app: Arc<App>, common: Common) -> Option<connect::SocketMod
     socket
 }
 
-async fn backfill(common: &Common, since: &str, until: Option<&str>) -> Result<Arc<App>, Failure> {
+async fn backfill(
+    common: &Common,
+    since: &str,
+    until: Option<&str>,
+) -> Result<(Arc<App>, Option<Arc<Store>>), Failure> {
     let config = common.engine_config()?;
     if config.help_channels.is_empty() {
         return Err(ConfigError("SLACK_HELP_CHANNEL is required for backfill".into()).into());
@@ -420,7 +469,7 @@ async fn backfill(common: &Common, since: &str, until: Option<&str>) -> Result<A
     let clock = common.clock()?;
     let channels = config.help_channels.clone();
     let team = config.team_channel.clone();
-    let app = Arc::new(App::new(Engine::new(config), clock, common.settings()));
+    let (app, store) = open_app(common, config, clock)?;
     let client = connect::https_client(&common.api_options()).map_err(|e| {
         Failure::Runtime(format!("cannot set up the Slack client (TLS roots): {e}"))
     })?;
@@ -439,7 +488,7 @@ async fn backfill(common: &Common, since: &str, until: Option<&str>) -> Result<A
     connect::backfill_with(&app, &api, &channels, &opts)
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
-    Ok(app)
+    Ok((app, store))
 }
 
 fn replay(app: &App, file: &PathBuf) -> Result<(), Failure> {
@@ -485,6 +534,124 @@ fn replay(app: &App, file: &PathBuf) -> Result<(), Failure> {
     }
     eprintln!("replay: {applied} applied, {ignored} ignored, {rejected} rejected");
     Ok(())
+}
+
+/// Builds the app, from `DATA_DIR` when set: newest valid snapshot, then the
+/// journal after it; every later delivery is journaled before it is applied.
+fn open_app(
+    common: &Common,
+    config: Config,
+    clock: Clock,
+) -> Result<(Arc<App>, Option<Arc<Store>>), Failure> {
+    let Some(dir) = common.data_dir.as_ref() else {
+        return Ok((
+            Arc::new(App::new(Engine::new(config), clock, common.settings())),
+            None,
+        ));
+    };
+    let policy = SyncPolicy::from_millis(common.journal_group_commit_ms);
+    let (store, recovered) = Store::open(dir, policy)
+        .map_err(|e| Failure::Runtime(format!("data directory {}: {e}", dir.display())))?;
+    for w in &recovered.warnings {
+        tracing::warn!("{w}");
+    }
+    let mut engine = match recovered.persisted {
+        Some(p) => Engine::restore(config, p).map_err(|e| Failure::Runtime(e.to_string()))?,
+        None => Engine::new(config),
+    };
+    let replayed = recovered.journal.len();
+    for d in &recovered.journal {
+        engine.apply(d);
+    }
+    tracing::info!(
+        tickets = engine.ticket_count(),
+        replayed,
+        dir = %dir.display(),
+        "state loaded"
+    );
+    let store = Arc::new(store);
+    let journal = store.clone();
+    let app = App::new(engine, clock, common.settings())
+        .with_journal(Box::new(move |d| journal.append(d)));
+    Ok((Arc::new(app), Some(store)))
+}
+
+/// Writes one snapshot: the journal is rotated and the state copied under the
+/// engine lock, then encoded and written outside it.
+fn write_snapshot(app: &App, store: &Store) -> Result<(), String> {
+    let (rotation, persisted) = {
+        let engine = app.engine();
+        let rotation = store.rotate().map_err(|e| e.to_string())?;
+        (rotation, engine.persisted())
+    };
+    let info = store
+        .write_snapshot(rotation, &persisted)
+        .map_err(|e| e.to_string())?;
+    app.metrics
+        .snapshot_duration
+        .set(info.duration.as_secs_f64());
+    app.metrics.snapshot_bytes.set(info.bytes as i64);
+    tracing::info!(
+        tickets = info.tickets,
+        bytes = info.bytes,
+        ms = info.duration.as_millis() as u64,
+        "snapshot written"
+    );
+    Ok(())
+}
+
+fn final_snapshot(app: &App, store: Option<&Store>) {
+    if let Some(store) = store {
+        if let Err(e) = write_snapshot(app, store) {
+            tracing::error!("final snapshot failed: {e}; the journal still holds every event");
+        }
+    }
+}
+
+/// Serves, snapshotting periodically and once more on graceful shutdown.
+async fn listen_durably(
+    app: Arc<App>,
+    store: Option<Arc<Store>>,
+    common: &Common,
+) -> Result<(), Failure> {
+    let Some(store) = store else {
+        return listen(app, common.addr()).await;
+    };
+    let every = Duration::from_secs(common.snapshot_every_secs.max(1));
+    let max_events = common.snapshot_every_events.max(1);
+    let (task_app, task_store) = (app.clone(), store.clone());
+    let snapshots = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last = Instant::now();
+        loop {
+            tick.tick().await;
+            let pending = task_store.journal_len();
+            task_app.metrics.journal_records.set(pending as i64);
+            if let Some(meta) = task_store.last_snapshot() {
+                let age = Micros::now().minutes_since(meta.header.written_at) * 60.0;
+                task_app.metrics.snapshot_age.set(age);
+            }
+            if pending == 0 || (pending < max_events && last.elapsed() < every) {
+                continue;
+            }
+            last = Instant::now();
+            let (a, s) = (task_app.clone(), task_store.clone());
+            let ok = tokio::task::spawn_blocking(move || write_snapshot(&a, &s))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            if let Err(e) = &ok {
+                tracing::error!("snapshot failed: {e}; the journal still holds every event");
+            }
+            task_app
+                .snapshot_ok
+                .store(ok.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let served = listen(app.clone(), common.addr()).await;
+    snapshots.abort();
+    final_snapshot(&app, Some(&store));
+    served
 }
 
 async fn listen(app: Arc<App>, addr: SocketAddr) -> Result<(), Failure> {

@@ -91,6 +91,9 @@ pub struct App {
     /// Whether a Socket Mode connection is up.
     pub socket_connected: AtomicBool,
     journal: Option<BeforeApply>,
+    /// Serializes ingestion so the journal's order is the apply order, without
+    /// holding the engine (and so readers) while the journal syncs.
+    ingest_order: Mutex<()>,
     version: watch::Sender<u64>,
     /// `ticket` stream events: (scope of the ticket's channel, SSE chunk).
     ticket_events: broadcast::Sender<(usize, Bytes)>,
@@ -110,6 +113,7 @@ impl App {
             snapshot_ok: AtomicBool::new(true),
             socket_connected: AtomicBool::new(false),
             journal: None,
+            ingest_order: Mutex::new(()),
             version,
             ticket_events,
             cache: Mutex::new(None),
@@ -132,10 +136,9 @@ impl App {
     pub fn ingest(&self, d: &Delivery) -> std::io::Result<Outcome> {
         let kind = d.event.kind().to_string();
         self.metrics.event(&kind, "received");
-        let mut engine = self.engine();
+        let _order = self.ingest_order.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(id) = &d.event_id {
-            if engine.has_seen(id) {
-                drop(engine);
+            if self.engine().has_seen(id) {
                 self.metrics.event(&kind, "duplicate");
                 return Ok(Outcome::Duplicate);
             }
@@ -143,6 +146,7 @@ impl App {
         if let Some(journal) = &self.journal {
             journal(d)?;
         }
+        let mut engine = self.engine();
         let outcome = engine.apply(d);
         let version = engine.version();
         self.publish_tickets(&mut engine, version);
