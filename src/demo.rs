@@ -124,7 +124,16 @@ impl Demo {
                 let night = Self::rate(at) < 1.5;
                 let roll: f64 = self.rng.gen();
                 if roll < 0.03 {
-                    return; // never answered
+                    // No helper ever answers; the opener gives up and marks it done.
+                    let t = at.plus(self.exp(240.0) + 1);
+                    self.schedule(
+                        t,
+                        Step::ReactResolve {
+                            ticket: ts.clone(),
+                            user: opener,
+                        },
+                    );
+                    return;
                 }
                 let helper = self.rng.gen_range(0..HELPERS.len());
                 let wait = self.exp(if night { 90.0 } else { 18.0 });
