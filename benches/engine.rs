@@ -64,34 +64,40 @@ static GLOBAL: Counting = Counting;
 
 // ------------------------------------------------------------ bookkeeping
 
-/// Per-sample nanoseconds per iteration, by name, for the summary table.
+/// Per-sample (nanoseconds, iterations), by name, for the summary table.
 #[derive(Default)]
-struct Record(RefCell<BTreeMap<String, Vec<f64>>>);
+struct Record(RefCell<BTreeMap<String, Vec<(f64, u64)>>>);
+
+/// Criterion's sample count (its warm-up calls come first and are left out).
+const SAMPLES: usize = 10;
 
 impl Record {
     fn add(&self, name: &str, elapsed: Duration, iters: u64) -> Duration {
-        let ns = elapsed.as_nanos() as f64 / iters.max(1) as f64;
         self.0
             .borrow_mut()
             .entry(name.to_string())
             .or_default()
-            .push(ns);
+            .push((elapsed.as_nanos() as f64, iters));
         elapsed
     }
 
-    /// Median over samples (warm-up runs included; they are few).
-    fn median(&self, name: &str) -> Option<f64> {
+    /// Nanoseconds per iteration over the measured samples (total time / total
+    /// iterations, close to criterion's slope estimate).
+    fn per_iter(&self, name: &str) -> Option<f64> {
         let map = self.0.borrow();
-        let mut v = map.get(name)?.clone();
-        v.sort_by(f64::total_cmp);
-        Some(v[v.len() / 2])
+        let v = map.get(name)?;
+        let measured = &v[v.len().saturating_sub(SAMPLES)..];
+        let ns: f64 = measured.iter().map(|(ns, _)| ns).sum();
+        let iters: u64 = measured.iter().map(|(_, i)| i).sum();
+        Some(ns / iters.max(1) as f64)
     }
 }
 
-/// The engines under test with facts about how they were built.
+/// An engine under test and the workload that built it (which goes on past `now`).
 struct Built {
     tickets: u64,
     engine: Engine,
+    gen: common::Gen,
 }
 
 /// What building the largest engine under the counting allocator showed.
@@ -104,11 +110,11 @@ struct Memory {
     build: Duration,
 }
 
-fn build_counted(tickets: u64, now: Micros) -> (Engine, Memory) {
+fn build_counted(tickets: u64, now: Micros) -> (Built, Memory) {
     let started = Instant::now();
     LIVE.store(0, Relaxed);
     COUNTING.store(true, Relaxed);
-    let (engine, deliveries) = common::build(tickets, now);
+    let (engine, deliveries, gen) = common::build(tickets, now);
     COUNTING.store(false, Relaxed);
     let build = started.elapsed();
     let live_bytes = LIVE.load(Relaxed);
@@ -125,44 +131,49 @@ fn build_counted(tickets: u64, now: Micros) -> (Engine, Memory) {
         deliveries,
         build,
     };
-    (engine, memory)
+    let built = Built {
+        tickets,
+        engine,
+        gen,
+    };
+    (built, memory)
 }
 
 // ------------------------------------------------------------ benches
 
-/// (a) Deliveries applied per second on an engine that keeps growing.
-fn bench_apply(c: &mut Criterion, rec: &Record, base: u64, now: Micros) {
-    let mut engine = Engine::new(common::config());
-    let mut gen = common::Gen::new(base, now, true);
-    while let Some(d) = gen.next_until(now) {
-        engine.apply(&d);
-        engine.take_changed();
-    }
-    // Windows at `now`, as on a server that has answered a read.
-    engine.stats_v2(now, 0);
+/// (a) Deliveries applied per second to an engine that keeps growing at the
+/// rate it was built with (run last: it adds tickets after `now`).
+fn bench_apply(c: &mut Criterion, rec: &Record, engines: &mut [Built], now: Micros) {
     let mut g = c.benchmark_group("apply");
     g.throughput(Throughput::Elements(1));
-    g.bench_function(BenchmarkId::new("growing_from", base), |b| {
-        b.iter_custom(|iters| {
-            let batch: Vec<Delivery> = (0..iters)
-                .map(|_| {
-                    gen.next_until(Micros(i64::MAX))
-                        .expect("an unbounded workload never ends")
-                })
-                .collect();
-            let started = Instant::now();
-            for d in &batch {
-                black_box(engine.apply(d));
-                // As `App::ingest` does after every delivery.
-                black_box(engine.take_changed());
-            }
-            rec.add("apply", started.elapsed(), iters)
-        })
-    });
+    for b in engines.iter_mut() {
+        let n = b.tickets;
+        let (engine, gen) = (&mut b.engine, &mut b.gen);
+        // Windows at `now`, as on a server that has answered a read.
+        engine.stats_v2(now, 0);
+        g.bench_function(BenchmarkId::new("growing_from", n), |bch| {
+            bch.iter_custom(|iters| {
+                let batch: Vec<Delivery> = (0..iters)
+                    .map(|_| {
+                        gen.next_until(Micros(i64::MAX))
+                            .expect("an unbounded workload never ends")
+                    })
+                    .collect();
+                let started = Instant::now();
+                for d in &batch {
+                    black_box(engine.apply(d));
+                    // As `App::ingest` does after every delivery.
+                    black_box(engine.take_changed());
+                }
+                rec.add(&format!("apply/{n}"), started.elapsed(), iters)
+            })
+        });
+    }
     g.finish();
 }
 
-/// (b) `stats_v2(now, 0)`: at a fixed `now`, and with `now` one second later per call.
+/// (b) `stats_v2(now, 0)`: at a fixed `now`, and with `now` one second (or one
+/// minute) later per call, so the windows move as on a live server.
 fn bench_stats(c: &mut Criterion, rec: &Record, engines: &mut [Built], now: Micros) {
     let mut g = c.benchmark_group("stats_v2");
     for b in engines.iter_mut() {
@@ -179,18 +190,20 @@ fn bench_stats(c: &mut Criterion, rec: &Record, engines: &mut [Built], now: Micr
                 rec.add(&format!("same_now/{n}"), started.elapsed(), iters)
             })
         });
-        g.bench_function(BenchmarkId::new("step_1s", n), |bch| {
-            bch.iter_custom(|iters| {
-                // Untimed: bring the windows back to `now`, so every sample moves
-                // them over the same stretch of history.
-                engine.stats_v2(now, 0);
-                let started = Instant::now();
-                for k in 1..=iters {
-                    black_box(engine.stats_v2(now.plus(k as i64 * 1_000_000), 0));
-                }
-                rec.add(&format!("step_1s/{n}"), started.elapsed(), iters)
-            })
-        });
+        for (label, step) in [("step_1s", 1_000_000i64), ("step_60s", 60_000_000)] {
+            g.bench_function(BenchmarkId::new(label, n), |bch| {
+                bch.iter_custom(|iters| {
+                    // Untimed: bring the windows back to `now`, so every sample moves
+                    // them over the same stretch of history.
+                    engine.stats_v2(now, 0);
+                    let started = Instant::now();
+                    for k in 1..=iters {
+                        black_box(engine.stats_v2(now.plus(k as i64 * step), 0));
+                    }
+                    rec.add(&format!("{label}/{n}"), started.elapsed(), iters)
+                })
+            });
+        }
         engine.stats_v2(now, 0);
     }
     g.finish();
@@ -225,15 +238,16 @@ fn bench_tickets(c: &mut Criterion, rec: &Record, engines: &[Built], now: Micros
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let sizes: &[u64] = if full {
-        &[1_000, 100_000, 1_000_000]
-    } else {
-        &[1_000]
+    // `SESHAT_BENCH_SIZES=1000,100000` picks other engine sizes (ascending).
+    let sizes: Vec<u64> = match std::env::var("SESHAT_BENCH_SIZES") {
+        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Err(_) if full => vec![1_000, 100_000, 1_000_000],
+        Err(_) => vec![1_000],
     };
     // A fixed `now` (2026-01-01T00:00:00Z) keeps runs comparable.
     let now = Micros(1_767_225_600_000_000);
     let mut c = Criterion::default()
-        .sample_size(10)
+        .sample_size(SAMPLES)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .configure_from_args();
@@ -243,32 +257,31 @@ fn main() {
     let largest = *sizes.last().expect("at least one size");
     let mut engines = Vec::new();
     let mut memory = None;
-    for &n in sizes {
-        let engine = if n == largest {
-            let (e, m) = build_counted(n, now);
+    for &n in &sizes {
+        if n == largest {
+            let (b, m) = build_counted(n, now);
             memory = Some(m);
-            e
+            engines.push(b);
         } else {
-            common::build(n, now).0
-        };
-        engines.push(Built { tickets: n, engine });
+            let (engine, _, gen) = common::build(n, now);
+            engines.push(Built {
+                tickets: n,
+                engine,
+                gen,
+            });
+        }
     }
 
-    bench_apply(&mut c, &rec, if full { 100_000 } else { 1_000 }, now);
     bench_stats(&mut c, &rec, &mut engines, now);
     let found = bench_tickets(&mut c, &rec, &engines, now);
+    bench_apply(&mut c, &rec, &mut engines, now);
     c.final_summary();
 
     // ---------------------------------------------------------------- summary
-    let ns = |k: &str| rec.median(k).unwrap_or(f64::NAN);
+    let ns = |k: &str| rec.per_iter(k).unwrap_or(f64::NAN);
     let (small, big) = (sizes[0], largest);
     eprintln!();
-    eprintln!("== seshat engine summary (medians over criterion samples) ==");
-    eprintln!(
-        "apply (growing engine)        {:>12.0} events/s ({:.0} ns/event)",
-        1e9 / ns("apply"),
-        ns("apply")
-    );
+    eprintln!("== seshat engine summary (time / iterations over the measured samples) ==");
     if let Some(m) = &memory {
         eprintln!(
             "build {:>7} tickets         {:>12.0} events/s ({} deliveries in {:.2} s, counting allocator on)",
@@ -279,25 +292,29 @@ fn main() {
         );
     }
     eprintln!(
-        "{:<30}{:>14}{:>14}{:>14}",
-        "tickets", "same_now ns", "step_1s ns", "list10 ns"
+        "{:<10}{:>14}{:>14}{:>14}{:>14}{:>16}",
+        "tickets", "same_now ns", "step_1s ns", "step_60s ns", "list10 ns", "apply events/s"
     );
     for (b, k) in engines.iter().zip(&found) {
         let n = b.tickets;
         eprintln!(
-            "{:<30}{:>14.0}{:>14.0}{:>14.0}   (list returned {k})",
+            "{:<10}{:>14.0}{:>14.0}{:>14.0}{:>14.0}{:>16.0}   (list returned {k})",
             n,
             ns(&format!("same_now/{n}")),
             ns(&format!("step_1s/{n}")),
+            ns(&format!("step_60s/{n}")),
             ns(&format!("tickets/{n}")),
+            1e9 / ns(&format!("apply/{n}")),
         );
     }
     let ratio = |k: &str| ns(&format!("{k}/{big}")) / ns(&format!("{k}/{small}"));
     eprintln!(
-        "ratio {big}/{small}: same_now {:.2}, step_1s {:.2}, list10 {:.2}",
+        "ratio {big}/{small} (time): same_now {:.2}, step_1s {:.2}, step_60s {:.2}, list10 {:.2}, apply {:.2}",
         ratio("same_now"),
         ratio("step_1s"),
-        ratio("tickets")
+        ratio("step_60s"),
+        ratio("tickets"),
+        ratio("apply")
     );
     if let Some(m) = &memory {
         let t = m.tickets.max(1) as f64;

@@ -219,11 +219,12 @@ impl Gen {
     }
 }
 
-/// An engine holding `tickets` tickets created over the [`SPAN`] before `now`
-/// (follow-ups later than `now` are dropped), and the number of deliveries applied.
-pub fn build(tickets: u64, now: Micros) -> (Engine, u64) {
+/// An engine holding `tickets` tickets created over the [`SPAN`] before `now`,
+/// the number of deliveries applied, and the workload, which goes on past `now`
+/// at the same rate (its follow-ups later than `now` are not applied yet).
+pub fn build(tickets: u64, now: Micros) -> (Engine, u64, Gen) {
     let mut engine = Engine::new(config());
-    let mut gen = Gen::new(tickets, now, false);
+    let mut gen = Gen::new(tickets, now, true);
     let mut applied = 0;
     while let Some(d) = gen.next_until(now) {
         engine.apply(&d);
@@ -231,5 +232,5 @@ pub fn build(tickets: u64, now: Micros) -> (Engine, u64) {
         engine.take_changed();
         applied += 1;
     }
-    (engine, applied)
+    (engine, applied, gen)
 }
