@@ -1140,9 +1140,10 @@ impl Sim {
         if let Some(twin) = self.twin.take() {
             // A snapshot restored now answers the same; so does the twin, which
             // was restored at every earlier check and kept applying deliveries.
-            let mut twin = Engine::restore(self.config.clone(), twin.persisted()).expect("same channels");
-            let mut fresh =
-                Engine::restore(self.config.clone(), self.engine.persisted()).expect("same channels");
+            let mut twin =
+                Engine::restore(self.config.clone(), twin.persisted()).expect("same channels");
+            let mut fresh = Engine::restore(self.config.clone(), self.engine.persisted())
+                .expect("same channels");
             for &scope in &scopes {
                 let want = self.engine.stats_v2(now, scope);
                 prop_assert_eq!(

@@ -199,7 +199,7 @@ impl Engine {
                     return Err(RestoreError::ChannelDropped(format!("#{}", t.channel)));
                 }
                 e.by_ts.insert((t.channel, t.message_ts.clone()), t.id);
-                e.attach(t);
+                e.attach(t, true);
             }
         }
         Ok(e)
@@ -485,7 +485,7 @@ impl Engine {
             tags: Vec::new(),
             others_replied: false,
         };
-        self.attach(t);
+        self.attach(t, true);
         self.version += 1;
         self.changed.push(id);
     }
@@ -564,7 +564,7 @@ impl Engine {
             return;
         }
         if let Some(t) = self.tickets[ix].take() {
-            self.detach(&t);
+            self.detach(&t, true);
             self.version += 1;
             self.changed.push(id);
         }
@@ -677,9 +677,18 @@ impl Engine {
         let Some(mut t) = self.tickets[ix].take() else {
             return;
         };
-        self.detach(&t);
+        let hang_key = (t.created_at, t.assigned_at);
+        self.detach(&t, false);
         f(&mut t);
-        self.attach(t);
+        // The time series' hang-time lists only change with these two fields.
+        let hang_changed = hang_key != (t.created_at, t.assigned_at);
+        if hang_changed {
+            let mut old = t.clone();
+            (old.created_at, old.assigned_at) = hang_key;
+            self.for_groups(&t, |g| g.series.hang(&old, -1));
+            self.for_groups(&t, |g| g.series.hang(&t, 1));
+        }
+        self.attach(t, false);
         self.version += 1;
         self.changed.push(id);
     }
@@ -690,7 +699,7 @@ impl Engine {
     }
 
     /// Removes a ticket's contribution from every counter and index.
-    fn detach(&mut self, t: &Ticket) {
+    fn detach(&mut self, t: &Ticket, with_hang: bool) {
         let ix = t.id.0 as usize - 1;
         let masks = self.masks[ix];
         self.for_groups(t, |g| {
@@ -702,7 +711,10 @@ impl Engine {
             if unanswered(t) {
                 g.unanswered.remove(&(t.last_msg_at, t.id));
             }
-            g.series.contribute(t, -1);
+            g.series.counts(t, -1);
+            if with_hang {
+                g.series.hang(t, -1);
+            }
             let u = g.users.entry(t.opened_by).or_default();
             u.0 -= 1;
             if let Some(c) = credited_other(t) {
@@ -721,7 +733,7 @@ impl Engine {
     }
 
     /// Adds a ticket's contribution to every counter and index, and stores it.
-    fn attach(&mut self, t: Ticket) {
+    fn attach(&mut self, t: Ticket, with_hang: bool) {
         let ix = t.id.0 as usize - 1;
         let masks: [u8; 4] = match self.windows_at {
             Some(now) => std::array::from_fn(|w| {
@@ -740,7 +752,10 @@ impl Engine {
             if unanswered(&t) {
                 g.unanswered.insert((t.last_msg_at, t.id));
             }
-            g.series.contribute(&t, 1);
+            g.series.counts(&t, 1);
+            if with_hang {
+                g.series.hang(&t, 1);
+            }
             g.users.entry(t.opened_by).or_default().0 += 1;
             if let Some(c) = credited_other(&t) {
                 g.users.entry(c).or_default().1 += 1;

@@ -60,7 +60,7 @@ struct Bucket {
 
 impl Bucket {
     fn is_empty(&self) -> bool {
-        self.created == 0 && self.closed == 0 && self.responded == 0
+        self.created == 0 && self.closed == 0 && self.responded == 0 && self.hangs.is_empty()
     }
 }
 
@@ -89,35 +89,42 @@ pub struct Series {
 }
 
 impl Series {
-    /// Adds (`sign` = 1) or removes (-1) a ticket's contribution.
-    pub fn contribute(&mut self, t: &Ticket, sign: i64) {
+    fn each(&mut self, at: Micros, f: &mut dyn FnMut(&mut Bucket)) {
         for (width, map) in [(Width::Hour, &mut self.hours), (Width::Day, &mut self.days)] {
-            let mut touch = |at: Micros, f: &mut dyn FnMut(&mut Bucket)| {
-                let key = width.floor(at);
-                let b = map.entry(key).or_default();
-                f(b);
-                if b.is_empty() {
-                    map.remove(&key);
-                }
-            };
-            touch(t.created_at, &mut |b| b.created += sign);
-            if let (Status::Closed, Some(c)) = (t.status, t.closed_at) {
-                touch(c, &mut |b| b.closed += sign);
-            }
-            if let Some(a) = t.assigned_at {
-                let hang = a.0 - t.created_at.0;
-                touch(a, &mut |b| {
-                    b.responded += sign;
-                    b.hang_sum += i128::from(hang) * i128::from(sign);
-                    let pos = b.hangs.partition_point(|v| *v < hang);
-                    if sign > 0 {
-                        b.hangs.insert(pos, hang);
-                    } else if b.hangs.get(pos) == Some(&hang) {
-                        b.hangs.remove(pos);
-                    }
-                });
+            let key = width.floor(at);
+            let b = map.entry(key).or_default();
+            f(b);
+            if b.is_empty() {
+                map.remove(&key);
             }
         }
+    }
+
+    /// Adds (`sign` = 1) or removes (-1) a ticket's created / closed / responded counts.
+    pub fn counts(&mut self, t: &Ticket, sign: i64) {
+        self.each(t.created_at, &mut |b| b.created += sign);
+        if let (Status::Closed, Some(c)) = (t.status, t.closed_at) {
+            self.each(c, &mut |b| b.closed += sign);
+        }
+        if let Some(a) = t.assigned_at {
+            self.each(a, &mut |b| b.responded += sign);
+        }
+    }
+
+    /// Adds or removes a ticket's hang time (kept apart: it changes only with
+    /// `created_at` / `assigned_at`, and costs a sorted insert).
+    pub fn hang(&mut self, t: &Ticket, sign: i64) {
+        let Some(a) = t.assigned_at else { return };
+        let hang = a.0 - t.created_at.0;
+        self.each(a, &mut |b| {
+            b.hang_sum += i128::from(hang) * i128::from(sign);
+            let pos = b.hangs.partition_point(|v| *v < hang);
+            if sign > 0 {
+                b.hangs.insert(pos, hang);
+            } else if b.hangs.get(pos) == Some(&hang) {
+                b.hangs.remove(pos);
+            }
+        });
     }
 
     /// Every bucket from the one holding `since` up to (excluding) `until`, empty ones included.
