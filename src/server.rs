@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{
-    HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
+    HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -130,6 +130,15 @@ impl App {
     /// mutation completes before it can panic-free return).
     pub fn engine(&self) -> MutexGuard<'_, Engine> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Holds off [`App::ingest`] until the guard is dropped. A snapshot must
+    /// rotate the journal and copy the engine under it: an ingest that has
+    /// journaled a delivery but not yet applied it would otherwise leave that
+    /// delivery in a generation the snapshot claims to contain, and a restart
+    /// would lose it.
+    pub fn pause_ingest(&self) -> MutexGuard<'_, ()> {
+        self.ingest_order.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The one ingest path (HTTP, Socket Mode, demo, replay): journal, apply, count, notify.
@@ -401,7 +410,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> (&'static str, Handled
         }
         "/metrics" => Ok(metrics(app)),
         "/slack/events" => slack_events(app, req).await,
-        _ => read_route(app, name, &q, req.headers().get(IF_NONE_MATCH)),
+        _ => read_route(app, name, &q, req.headers()),
     };
     (name, result)
 }
@@ -416,7 +425,8 @@ fn scope_of(app: &App, q: &Query) -> Result<usize, ApiError> {
     })
 }
 
-fn read_route(app: &Arc<App>, name: &str, q: &Query, etag: Option<&HeaderValue>) -> Handled {
+fn read_route(app: &Arc<App>, name: &str, q: &Query, headers: &HeaderMap) -> Handled {
+    let etag = headers.get(IF_NONE_MATCH);
     let scope = scope_of(app, q)?;
     let now = app.clock.now();
     match name {
@@ -479,7 +489,13 @@ fn read_route(app: &Arc<App>, name: &str, q: &Query, etag: Option<&HeaderValue>)
                 None => Err(error(StatusCode::NOT_FOUND, "user_not_found")),
             }
         }
-        "/api/stream" => Ok(stream(app.clone(), scope)),
+        "/api/stream" => {
+            let last_seen = headers
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            Ok(stream(app.clone(), scope, last_seen))
+        }
         _ => Err(error(StatusCode::NOT_FOUND, "not_found")),
     }
 }
@@ -706,7 +722,9 @@ fn sse_event(version: u64, json: &[u8]) -> Bytes {
     out.into()
 }
 
-fn stream(app: Arc<App>, scope: usize) -> Response<Body> {
+/// `last_seen`: the client's `Last-Event-ID`; when it names the current state
+/// version, the reconnecting client already has these stats and is not sent them again.
+fn stream(app: Arc<App>, scope: usize, mut last_seen: Option<u64>) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let mut versions = app.version.subscribe();
     let mut tickets = app.ticket_events.subscribe();
@@ -716,9 +734,11 @@ fn stream(app: Arc<App>, scope: usize) -> Response<Body> {
         heartbeat.tick().await;
         loop {
             let version = *versions.borrow_and_update();
-            let json = app.stats_v2_json(scope, app.clock.now());
-            if tx.send(sse_event(version, &json)).await.is_err() {
-                break;
+            if last_seen.take() != Some(version) {
+                let json = app.stats_v2_json(scope, app.clock.now());
+                if tx.send(sse_event(version, &json)).await.is_err() {
+                    break;
+                }
             }
             tokio::time::sleep(app.settings.stream_interval).await;
             let closed = loop {

@@ -1988,9 +1988,15 @@ struct Sse {
 
 impl Sse {
     async fn connect(addr: SocketAddr, path: &str) -> Sse {
+        Sse::connect_with(addr, path, "").await
+    }
+
+    /// `extra`: additional header lines, each ending in `\r\n`.
+    async fn connect_with(addr: SocketAddr, path: &str, extra: &str) -> Sse {
         let mut reader = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n{extra}\r\n"
+        );
         reader
             .get_mut()
             .write_all(req.as_bytes())
@@ -2245,4 +2251,50 @@ async fn literal_plus_in_queries_is_a_plus() {
     assert_eq!(encoded, literal);
     assert_eq!(literal["since"], "2026-01-01T00:00:00Z");
     assert_eq!(literal["until"], "2026-01-01T00:15:00Z");
+}
+
+#[tokio::test]
+async fn stream_honours_last_event_id() {
+    let app = fixture_app().await;
+    app.post_fixture("message_new_ticket").await;
+    let seen = app.app.engine().version();
+    // The client already has this version: nothing is re-sent on connect, so the
+    // first stats_v2 it gets is the one after the next change.
+    let mut sse = Sse::connect_with(
+        app.addr,
+        "/api/stream",
+        &format!("Last-Event-ID: {seen}\r\n"),
+    )
+    .await;
+    app.post_fixture("message_file_share").await;
+    let expected = app.stats_v2_raw().await;
+    loop {
+        let (name, data) = sse.next().await;
+        if name == "stats_v2" {
+            assert_eq!(data, expected);
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn subscribers_that_never_read_do_not_slow_ingestion() {
+    let app = fixture_app().await;
+    // Twenty clients subscribe and then never read a byte.
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let mut c = TcpStream::connect(app.addr).await.unwrap();
+        c.write_all(b"GET /api/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        stalled.push(c);
+    }
+    for i in 0..300 {
+        let ts = format!("{}.{:06}", 1_767_225_600 + i, 100);
+        let body = new_ticket_body(&format!("EvSLOW{i}"), "C0HELP0001", "U0OPENER1", &ts, "q");
+        assert_eq!(app.post_signed(&body).await.status, 200, "post {i}");
+    }
+    let s = app.get_json("/api/stats_v2").await;
+    assert_eq!(s["all_time"]["tickets_total"], 300);
+    drop(stalled);
 }
