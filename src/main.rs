@@ -125,7 +125,7 @@ struct Common {
     #[arg(long, env = "SESHAT_NOW")]
     now: Option<String>,
     /// Serve every description as an empty string.
-    #[arg(long, env = "HIDE_DESCRIPTIONS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "HIDE_DESCRIPTIONS", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     hide_descriptions: bool,
     /// Minutes between two reads of the team channel's members (with SLACK_BOT_TOKEN).
     #[arg(long, env = "ROSTER_SYNC_MINUTES", default_value_t = 60)]
@@ -134,7 +134,7 @@ struct Common {
     #[arg(long, env = "SLACK_HISTORY_RATE")]
     history_rate: Option<u32>,
     /// At start-up with SLACK_BOT_TOKEN, read what Slack has since the newest applied event.
-    #[arg(long, env = "SLACK_CATCH_UP", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "SLACK_CATCH_UP", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     catch_up: bool,
     /// Group-commit the journal every N ms instead of fsyncing before each acknowledgement (0 = fsync each).
     #[arg(long, env = "JOURNAL_GROUP_COMMIT_MS", default_value_t = 0)]
@@ -576,10 +576,12 @@ fn open_app(
     Ok((Arc::new(app), Some(store)))
 }
 
-/// Writes one snapshot: the journal is rotated and the state copied under the
-/// engine lock, then encoded and written outside it.
+/// Writes one snapshot: the journal is rotated and the state copied with
+/// ingestion paused (so no delivery is journaled but not yet applied), then
+/// encoded and written outside it.
 fn write_snapshot(app: &App, store: &Store) -> Result<(), String> {
     let (rotation, persisted) = {
+        let _paused = app.pause_ingest();
         let engine = app.engine();
         let rotation = store.rotate().map_err(|e| e.to_string())?;
         (rotation, engine.persisted())
@@ -630,6 +632,8 @@ async fn listen_durably(
             if let Some(meta) = task_store.last_snapshot() {
                 let age = Micros::now().minutes_since(meta.header.written_at) * 60.0;
                 task_app.metrics.snapshot_age.set(age);
+                // Also right after a restart, before this process writes one.
+                task_app.metrics.snapshot_bytes.set(meta.bytes as i64);
             }
             if pending == 0 || (pending < max_events && last.elapsed() < every) {
                 continue;
