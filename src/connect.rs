@@ -9,6 +9,8 @@
 //! - **Helper roster** ([`sync_roster`], [`spawn_roster`]): `auth.test` and every
 //!   page of `conversations.members` of the team channel, applied as
 //!   `member_joined_channel` / `member_left_channel` deliveries.
+//! - **Helper names** ([`HelperNames`]): `users.info` of each helper, cached in
+//!   the [`App`] for the dashboard (`/api/names`), refreshed after roster syncs.
 //! - **Backfill** ([`backfill`]): every page of `conversations.history` of each help
 //!   channel and of `conversations.replies` of each thread, turned into the same
 //!   deliveries the Events API would have sent, applied in time order.
@@ -29,6 +31,7 @@ use serde_json::{json, Value};
 use slack_morphism::api::{
     SlackApiAppsConnectionOpenRequest, SlackApiConversationsHistoryRequest,
     SlackApiConversationsMembersRequest, SlackApiConversationsRepliesRequest,
+    SlackApiUsersInfoRequest,
 };
 use slack_morphism::clients_manager::{
     SlackSocketModeClientsManager, SlackSocketModeClientsManagerFactory,
@@ -43,7 +46,7 @@ use slack_morphism::prelude::{
 use slack_morphism::{
     SlackApiScrollableRequest, SlackApiToken, SlackApiTokenValue, SlackChannelId, SlackClient,
     SlackClientSocketModeConfig, SlackHistoryMessage, SlackSocketModeClientListener,
-    SlackSocketModeWssClientId, SlackTeamId, SlackTs,
+    SlackSocketModeWssClientId, SlackTeamId, SlackTs, SlackUser, SlackUserId,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -233,6 +236,39 @@ impl<H: Connector> SlackApi<H> {
         }
         Ok(out)
     }
+
+    /// A user's name as Slack shows it (`users.info`, scope `users:read`): the
+    /// profile's display name, else the real name, else the username.
+    /// `Ok(None)`: Slack knows no such user, or shows it no name.
+    pub async fn user_name(&self, user: &str) -> Result<Option<String>, ConnectError> {
+        let session = self.client.open_session(&self.token);
+        let req = SlackApiUsersInfoRequest::new(SlackUserId(user.to_string()));
+        match within(session.users_info(&req)).await? {
+            Ok(r) => Ok(name_of(&r.user)),
+            Err(SlackClientError::ApiError(e))
+                if matches!(e.code.as_str(), "user_not_found" | "user_not_visible") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(explain("users.info", "SLACK_BOT_TOKEN", None, e)),
+        }
+    }
+}
+
+/// The first non-blank of the profile's display name, the real name and the username.
+fn name_of(u: &SlackUser) -> Option<String> {
+    let profile = u.profile.as_ref();
+    [
+        profile.and_then(|p| p.display_name.as_deref()),
+        profile.and_then(|p| p.real_name.as_deref()),
+        u.real_name.as_deref(),
+        u.name.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(str::trim)
+    .find(|n| !n.is_empty())
+    .map(String::from)
 }
 
 /// Longest wait for one Web API call, `Retry-After` retries included: the
@@ -621,8 +657,10 @@ pub fn spawn_roster<H: Connector>(
     every: Duration,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut names = HelperNames::new(NAMES_REFRESH);
         loop {
             log_roster(sync_roster(&app, &api, &team_channel).await);
+            names.update(&app, &api).await;
             tokio::time::sleep(every).await;
         }
     })
@@ -640,6 +678,88 @@ fn log_roster(r: Result<RosterChange, ConnectError>) {
             "helper roster synced from the team channel"
         ),
         Err(e) => tracing::error!("helper roster: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------- names
+
+/// How long a helper's resolved name is kept before Slack is asked again.
+pub const NAMES_REFRESH: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// The helpers' display names for the dashboard, resolved with `users.info`
+/// (scope `users:read`) and cached in the [`App`] ([`App::set_name`], served by
+/// `/api/names`). Each helper is asked about at most once per `refresh`; a new
+/// helper on the next [`HelperNames::update`].
+#[derive(Debug)]
+pub struct HelperNames {
+    refresh: Duration,
+    /// When each user was last asked about (answered, or unknown to Slack).
+    asked: HashMap<String, Instant>,
+    /// The failure last logged, so that a lasting one (a missing scope) is
+    /// logged once rather than after every roster sync.
+    last_error: Option<String>,
+}
+
+impl HelperNames {
+    /// No name asked about yet; names are asked again after `refresh`.
+    pub fn new(refresh: Duration) -> Self {
+        HelperNames {
+            refresh,
+            asked: HashMap::new(),
+            last_error: None,
+        }
+    }
+
+    /// Asks Slack for the name of every current helper not asked about within
+    /// `refresh` and records the answers in the app; returns how many names
+    /// were recorded. Stops at the first failure that is not about one user
+    /// (missing scope, refused token, network): the helpers left are asked
+    /// about on the next call.
+    pub async fn resolve<H: Connector>(
+        &mut self,
+        app: &App,
+        api: &SlackApi<H>,
+    ) -> Result<usize, ConnectError> {
+        let helpers = app.engine().helpers();
+        let mut recorded = 0;
+        for user in helpers {
+            if self
+                .asked
+                .get(&user)
+                .is_some_and(|t| t.elapsed() < self.refresh)
+            {
+                continue;
+            }
+            let name = api.user_name(&user).await?;
+            self.asked.insert(user.clone(), Instant::now());
+            if let Some(name) = name {
+                app.set_name(&user, &name);
+                recorded += 1;
+            }
+        }
+        Ok(recorded)
+    }
+
+    /// [`HelperNames::resolve`], a failure logged on one line (the same
+    /// failure again only at debug level); the dashboard then shows Slack ids.
+    pub async fn update<H: Connector>(&mut self, app: &App, api: &SlackApi<H>) {
+        match self.resolve(app, api).await {
+            Ok(n) => {
+                self.last_error = None;
+                if n > 0 {
+                    tracing::info!(names = n, "helper display names resolved");
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if self.last_error.as_deref() == Some(e.as_str()) {
+                    tracing::debug!("helper names: {e}");
+                } else {
+                    tracing::warn!("helper names (the dashboard shows Slack ids): {e}");
+                }
+                self.last_error = Some(e);
+            }
+        }
     }
 }
 
@@ -1185,9 +1305,10 @@ pub fn catch_up_since(app: &App) -> Option<Micros> {
 }
 
 /// `serve` start-up with a bot token: the roster once (so macros see the
-/// helpers), then a catch-up backfill from the newest applied event up to
-/// `live_since` (what came later is delivered live), then the roster every
-/// `roster_every`. Errors are logged on one line; the server keeps serving.
+/// helpers) and the helpers' display names ([`HelperNames`]), then a catch-up
+/// backfill from the newest applied event up to `live_since` (what came later
+/// is delivered live), then the roster and names every `roster_every`. Errors
+/// are logged on one line; the server keeps serving.
 pub fn spawn_start_up<H: Connector>(
     app: Arc<App>,
     api: Arc<SlackApi<H>>,
@@ -1197,9 +1318,11 @@ pub fn spawn_start_up<H: Connector>(
     live_since: Micros,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut names = HelperNames::new(NAMES_REFRESH);
         if let Some(team) = &team_channel {
             log_roster(sync_roster(&app, &api, team).await);
         }
+        names.update(&app, &api).await;
         if catch_up {
             match catch_up_since(&app) {
                 None => tracing::info!(
@@ -1227,6 +1350,7 @@ pub fn spawn_start_up<H: Connector>(
             loop {
                 tokio::time::sleep(roster_every).await;
                 log_roster(sync_roster(&app, &api, &team).await);
+                names.update(&app, &api).await;
             }
         }
     })

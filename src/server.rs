@@ -9,6 +9,7 @@ use crate::report::LegacyStats;
 use crate::slack::{self, Body as SlackBody};
 use crate::time::{Micros, DAY};
 use bytes::Bytes;
+use dashmap::DashMap;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{
@@ -18,6 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -98,6 +100,8 @@ pub struct App {
     /// `ticket` stream events: (scope of the ticket's channel, SSE chunk).
     ticket_events: broadcast::Sender<(usize, Bytes)>,
     cache: Mutex<Option<(u64, Micros, usize, Bytes)>>,
+    /// Display names resolved from Slack (`users.info`), by Slack user id.
+    names: DashMap<String, String>,
 }
 
 impl App {
@@ -117,7 +121,21 @@ impl App {
             version,
             ticket_events,
             cache: Mutex::new(None),
+            names: DashMap::new(),
         }
+    }
+
+    /// Records the display name of a Slack user (shown by `/api/names`).
+    pub fn set_name(&self, slack_id: &str, name: &str) {
+        self.names.insert(slack_id.to_string(), name.to_string());
+    }
+
+    /// Every resolved display name, by Slack user id (`/api/names`).
+    pub fn names(&self) -> BTreeMap<String, String> {
+        self.names
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
     }
 
     /// Installs the hook that makes a delivery durable before it is applied.
@@ -388,6 +406,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> (&'static str, Handled
         ("/api/ticket", Method::GET),
         ("/api/user", Method::GET),
         ("/api/stream", Method::GET),
+        ("/api/names", Method::GET),
         ("/slack/events", Method::POST),
     ];
     let Some((name, method)) = routes.iter().find(|(p, _)| *p == path) else {
@@ -409,6 +428,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> (&'static str, Handled
             ))
         }
         "/metrics" => Ok(metrics(app)),
+        "/api/names" => Ok(ok_json(&app.names())),
         "/slack/events" => slack_events(app, req).await,
         _ => read_route(app, name, &q, req.headers()),
     };

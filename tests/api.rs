@@ -1701,6 +1701,25 @@ async fn unknown_routes_and_wrong_methods() {
 }
 
 #[tokio::test]
+async fn names_are_an_empty_object_without_a_bot_token() {
+    let app = fixture_app().await;
+    // No bot token: nothing resolves names, whatever the tickets hold.
+    app.post_fixture("message_new_ticket").await;
+    let r = app.get("/api/names").await;
+    assert_eq!((r.status, r.text()), (200, "{}"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // What the Slack side resolves is served as is.
+    app.app.set_name("U0HELPER1", "Amy");
+    app.app.set_name("U0TEAMMATE", "Rory Williams");
+    assert_eq!(
+        app.get_json("/api/names?channel=C0HELP0001").await,
+        json!({"U0HELPER1": "Amy", "U0TEAMMATE": "Rory Williams"})
+    );
+    let r = request(app.addr, "POST", "/api/names", &[], b"").await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+}
+
+#[tokio::test]
 async fn health_reports_booleans() {
     let app = fixture_app().await;
     let r = app.get("/health").await;

@@ -69,9 +69,12 @@ fn replay_prints_the_stats_of_the_applied_stream() {
     );
 }
 
+/// Arguments, environment, and a phrase the error must contain.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn bad_configuration_exits_2_with_one_clear_line() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    let cases: [Case; 4] = [
         (&["serve"], &WORKSPACE, "SLACK_SIGNING_SECRET"),
         (
             &["serve"],

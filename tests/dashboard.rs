@@ -68,6 +68,14 @@ return {
 };
 "#;
 
+/// The leaderboard rows as `[data-slack-id, shown name, id subtitle]`.
+const READ_NAMES: &str = r#"
+return [...document.querySelectorAll('#leaderboard li')].map((li) => {
+  const who = li.querySelector('.who'), sid = who.querySelector('.sid');
+  return [li.dataset.slackId, who.firstChild ? who.firstChild.textContent : '', sid ? sid.textContent : null];
+});
+"#;
+
 #[test]
 fn dashboard_in_headless_chromium() {
     let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
@@ -112,6 +120,12 @@ fn dashboard_in_headless_chromium() {
     ));
     for d in Demo::new(wall.plus(-14 * DAY), 42).until(wall) {
         app.ingest(&d).expect("demo history ingests");
+    }
+    // Display names as a bot token would resolve them (`/api/names`), for
+    // every helper but the first, who stays a Slack id.
+    let helpers = demo::config().helpers;
+    for (i, h) in helpers.iter().enumerate().skip(1) {
+        app.set_name(h, &format!("Helper {i}"));
     }
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -162,6 +176,27 @@ fn dashboard_in_headless_chromium() {
         open > 0 && !page["leaderboard"].as_array().unwrap().is_empty(),
         "demo history should leave open tickets and a leaderboard: {page}"
     );
+    // Named helpers show their name, with the id beside it; the others their id.
+    let expected: Vec<Value> = page["leaderboard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let id = row[0].as_str().unwrap();
+            match helpers.iter().position(|h| h == id).filter(|i| *i > 0) {
+                Some(i) => json!([id, format!("Helper {i}"), id]),
+                None => json!([id, id, null]),
+            }
+        })
+        .collect();
+    assert!(
+        expected.iter().any(|r| !r[2].is_null()),
+        "a named helper in the leaderboard: {expected:?}"
+    );
+    wait_for("helper names in the leaderboard", 10, || {
+        let shown = session.execute(READ_NAMES, json!([]));
+        (shown == Value::Array(expected.clone())).then_some(())
+    });
     wait_for("the event stream to connect", 10, || {
         let p = session.execute(READ_PAGE, json!([ids()]));
         (p["conn"] == "connected").then_some(())

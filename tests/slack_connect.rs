@@ -1,7 +1,7 @@
 //! Socket Mode, the helper roster and backfill against a fake Slack started in
 //! each test: a hyper 1 HTTP server answering the Web API methods Seshat calls
 //! (`auth.test`, `apps.connections.open`, `conversations.members`,
-//! `conversations.history`, `conversations.replies`) with Slack's response
+//! `conversations.history`, `conversations.replies`, `users.info`) with Slack's response
 //! shapes, opaque cursors and small pages, and a WebSocket endpoint speaking
 //! the Socket Mode protocol (hello, `events_api` envelopes, acks, `disconnect`,
 //! redelivery of unacknowledged envelopes on the next connection). Only
@@ -242,6 +242,10 @@ struct State {
     members: HashMap<String, Vec<String>>,
     /// Channels whose history needs a scope the token lacks.
     missing_scope: HashSet<String>,
+    /// `users.info` answers by user id (the `user` object).
+    users: HashMap<String, Value>,
+    /// The token lacks `users:read`.
+    no_users_read: bool,
     page: usize,
     calls: Vec<Call>,
     /// (method, n): the n-th call (1-based) of `method` answers 429 once.
@@ -496,6 +500,21 @@ impl Fake {
                     "response_metadata": {"next_cursor": next}}),
                 )
             }
+            "users.info" => {
+                if st.no_users_read {
+                    return (
+                        StatusCode::OK,
+                        None,
+                        json!({"ok": false, "error": "missing_scope",
+                        "needed": "users:read", "provided": "channels:history,channels:read"}),
+                    );
+                }
+                let id = params.get("user").cloned().unwrap_or_default();
+                match st.users.get(&id) {
+                    Some(u) => ok(json!({"ok": true, "user": u})),
+                    None => error("user_not_found"),
+                }
+            }
             _ => error("unknown_method"),
         }
     }
@@ -589,6 +608,33 @@ impl Fake {
     fn acked(&self, id: &str) -> bool {
         self.state().acked.iter().any(|a| a == id)
     }
+}
+
+/// A `users.info` user object as Slack answers it (a full member of the workspace).
+fn slack_user(id: &str, name: &str, real_name: &str, display_name: &str) -> Value {
+    let image = |px: u32| format!("https://avatars.slack-edge.com/2025-01-01/{id}_{px}.png");
+    json!({
+        "id": id, "team_id": "T0TEAM", "name": name, "deleted": false, "color": "9f69e7",
+        "real_name": real_name, "tz": "Europe/Paris", "tz_label": "Central European Time",
+        "tz_offset": 3600,
+        "profile": {
+            "title": "", "phone": "", "skype": "", "real_name": real_name,
+            "real_name_normalized": real_name, "display_name": display_name,
+            "display_name_normalized": display_name, "fields": null,
+            "status_text": "", "status_emoji": "", "status_emoji_display_info": [],
+            "status_expiration": 0, "avatar_hash": "ge3b51ca72de",
+            "first_name": real_name.split(' ').next().unwrap_or(""),
+            "last_name": real_name.split(' ').nth(1).unwrap_or(""),
+            "email": format!("{name}@seshat-support.example"),
+            "image_24": image(24), "image_32": image(32), "image_48": image(48),
+            "image_72": image(72), "image_192": image(192), "image_512": image(512),
+            "team": "T0TEAM"
+        },
+        "is_admin": false, "is_owner": false, "is_primary_owner": false,
+        "is_restricted": false, "is_ultra_restricted": false, "is_bot": false,
+        "is_app_user": false, "updated": 1_767_225_600, "is_email_confirmed": true,
+        "has_2fa": false, "who_can_share_contact_card": "EVERYONE"
+    })
 }
 
 fn test_client(fake: &Fake, history_per_minute: Option<u32>) -> Arc<Client<HttpConnector>> {
@@ -1240,4 +1286,151 @@ async fn start_up_syncs_the_roster_catches_up_then_keeps_the_roster_fresh() {
     })
     .await;
     task.abort();
+}
+
+/// GET on the real server, through a socket (`Connection: close`): status and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(BOUND, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a full response");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// Serves `app` on 127.0.0.1 until the returned sender is dropped.
+async fn serve_app(app: &Arc<App>) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(seshat::server::serve(app.clone(), listener, async {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+#[tokio::test]
+async fn start_up_resolves_the_helpers_display_names_for_the_dashboard() {
+    let members = HashMap::from([(
+        TEAM.to_string(),
+        vec!["U0TEAMMATE".to_string(), BOT_USER.to_string()],
+    )]);
+    let fake = Fake::start(History::default(), members).await;
+    {
+        let mut st = fake.state();
+        for u in [
+            // A display name is preferred.
+            slack_user("U0HELPER1", "amy", "Amy Pond", "Amy"),
+            // No display name (Slack sends ""): the real name.
+            slack_user("U0HELPER2", "rory", "Rory Williams", ""),
+            // Neither: the username.
+            slack_user("U0TEAMMATE", "clara", "", " "),
+            slack_user("U0NEWHELP", "river", "River Song", "River"),
+        ] {
+            st.users.insert(u["id"].as_str().unwrap().to_string(), u);
+        }
+    }
+    let app = new_app(config());
+    let (addr, _server) = serve_app(&app).await;
+    assert_eq!(http_get(addr, "/api/names").await, (200, "{}".to_string()));
+    let api = Arc::new(test_api(&fake).await);
+    let task = connect::spawn_start_up(
+        app.clone(),
+        api,
+        Some(TEAM.into()),
+        Duration::from_millis(200),
+        false,
+        Micros::from_slack_ts(&ts(4_000)).unwrap(),
+    );
+    eventually("the helpers' names", || app.names().len() == 3).await;
+    let (status, body) = http_get(addr, "/api/names").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"U0HELPER1": "Amy", "U0HELPER2": "Rory Williams", "U0TEAMMATE": "clara"})
+    );
+    // A helper who joins later is named after the next roster sync; the others
+    // are not asked about again (their names are cached for hours).
+    fake.state()
+        .members
+        .get_mut(TEAM)
+        .unwrap()
+        .push("U0NEWHELP".into());
+    eventually("the new helper's name", || {
+        app.names().get("U0NEWHELP").map(String::as_str) == Some("River")
+    })
+    .await;
+    // A few more periodic syncs.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    task.abort();
+    let asked: Vec<String> = fake
+        .calls("users.info")
+        .iter()
+        .map(|c| c.params["user"].clone())
+        .collect();
+    let mut once = asked.clone();
+    once.sort();
+    once.dedup();
+    assert_eq!(asked.len(), 4, "each helper asked once: {asked:?}");
+    assert_eq!(once, ["U0HELPER1", "U0HELPER2", "U0NEWHELP", "U0TEAMMATE"]);
+    assert!(!asked.contains(&BOT_USER.to_string()));
+    let (_, body) = http_get(addr, "/api/names").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["U0NEWHELP"],
+        "River"
+    );
+}
+
+#[tokio::test]
+async fn without_users_read_names_stay_ids_and_the_roster_still_syncs() {
+    let members = HashMap::from([(TEAM.to_string(), vec!["U0TEAMMATE".to_string()])]);
+    let fake = Fake::start(History::default(), members).await;
+    {
+        let mut st = fake.state();
+        st.no_users_read = true;
+        let u = slack_user("U0HELPER1", "amy", "Amy Pond", "Amy");
+        st.users.insert("U0HELPER1".into(), u);
+    }
+    let app = new_app(config());
+    let api = Arc::new(test_api(&fake).await);
+    let task = connect::spawn_start_up(
+        app.clone(),
+        api,
+        Some(TEAM.into()),
+        Duration::from_millis(100),
+        false,
+        Micros::from_slack_ts(&ts(4_000)).unwrap(),
+    );
+    eventually("a few roster syncs", || {
+        fake.calls("conversations.members").len() >= 3
+    })
+    .await;
+    task.abort();
+    assert!(app.engine().helpers().contains(&"U0TEAMMATE".to_string()));
+    assert!(app.names().is_empty());
+    // One refused call per round: the round stops at the missing scope.
+    let rounds = fake.calls("users.info").len();
+    assert!(
+        (1..=fake.calls("conversations.members").len()).contains(&rounds),
+        "{rounds} users.info calls"
+    );
+    // The failure names the scope to add.
+    let api = Arc::new(test_api(&fake).await);
+    let mut names = connect::HelperNames::new(connect::NAMES_REFRESH);
+    let e = names.resolve(&app, &api).await.unwrap_err();
+    assert!(e.0.contains("lacks the `users:read` scope"), "{e}");
+    // Once the scope is granted, the next round names the helpers.
+    fake.state().no_users_read = false;
+    assert_eq!(names.resolve(&app, &api).await, Ok(1));
+    assert_eq!(
+        app.names().get("U0HELPER1").map(String::as_str),
+        Some("Amy")
+    );
 }
