@@ -552,9 +552,7 @@ fn open_app(
     let policy = SyncPolicy::from_millis(common.journal_group_commit_ms);
     let (store, recovered) = Store::open(dir, policy)
         .map_err(|e| Failure::Runtime(format!("data directory {}: {e}", dir.display())))?;
-    for w in &recovered.warnings {
-        tracing::warn!("{w}");
-    }
+    // `recovered.warnings` were logged by the store as it repaired.
     let mut engine = match recovered.persisted {
         Some(p) => Engine::restore(config, p).map_err(|e| Failure::Runtime(e.to_string()))?,
         None => Engine::new(config),
@@ -593,12 +591,7 @@ fn write_snapshot(app: &App, store: &Store) -> Result<(), String> {
         .snapshot_duration
         .set(info.duration.as_secs_f64());
     app.metrics.snapshot_bytes.set(info.bytes as i64);
-    tracing::info!(
-        tickets = info.tickets,
-        bytes = info.bytes,
-        ms = info.duration.as_millis() as u64,
-        "snapshot written"
-    );
+    // The store logs "snapshot written" with the same figures.
     Ok(())
 }
 

@@ -1555,6 +1555,9 @@ pub fn verify(dir: &Path) -> Result<String, StoreError> {
     let _ = writeln!(s, "data directory {}", dir.display());
     let mut loaded: [Option<SnapshotHeader>; 2] = [None, None];
     let mut present = [false; 2];
+    // Why start-up would refuse (an unknown format version where it must read,
+    // no loadable state, a gap), for the last line.
+    let mut refuse: Option<String> = None;
     for (i, name) in [SNAPSHOT_FILE, PREV_SNAPSHOT_FILE].into_iter().enumerate() {
         let path = dir.join(name);
         match read_snapshot(&path) {
@@ -1576,13 +1579,20 @@ pub fn verify(dir: &Path) -> Result<String, StoreError> {
             Err(e) => {
                 present[i] = true;
                 problems += 1;
+                // Start-up reads snapshot.bin, and snapshot.prev.bin only without it.
+                if matches!(e, StoreError::UnknownVersion { .. })
+                    && (i == 0 || loaded[0].is_none())
+                    && refuse.is_none()
+                {
+                    refuse = Some(format!("{name} has an unknown format version"));
+                }
                 let _ = writeln!(s, "{name}: PROBLEM: {e}");
             }
         }
     }
     let journals = list_journals(dir)?;
     let base = loaded[0].or(loaded[1]).map(|h| h.generation);
-    if loaded[0].is_none() && loaded[1].is_some() {
+    if loaded[0].is_none() && loaded[1].is_some() && refuse.is_none() {
         let _ = writeln!(s, "note: start-up would fall back to {PREV_SNAPSHOT_FILE}");
     }
     if base.is_none() && (present[0] || present[1]) && journals.keys().next() != Some(&1) {
@@ -1591,6 +1601,9 @@ pub fn verify(dir: &Path) -> Result<String, StoreError> {
             s,
             "PROBLEM: no snapshot loads and the journals do not start at generation 1: start-up would refuse"
         );
+        refuse.get_or_insert_with(|| {
+            "no snapshot loads and the journals do not start at generation 1".into()
+        });
     }
     if base.is_none() && !present[0] && !present[1] {
         if let Some(&first) = journals.keys().next() {
@@ -1600,6 +1613,9 @@ pub fn verify(dir: &Path) -> Result<String, StoreError> {
                     s,
                     "PROBLEM: no snapshot and the journals start at generation {first}, not 1: start-up would refuse"
                 );
+                refuse.get_or_insert_with(|| {
+                    format!("no snapshot and the journals start at generation {first}")
+                });
             }
         }
     }
@@ -1621,6 +1637,12 @@ pub fn verify(dir: &Path) -> Result<String, StoreError> {
             Ok(scan) => scan,
             Err(e) => {
                 problems += 1;
+                if *g >= base {
+                    if !stopped && refuse.is_none() {
+                        refuse = Some(format!("{name} has an unknown format version"));
+                    }
+                    expected = *g + 1;
+                }
                 let _ = writeln!(s, "{name}: PROBLEM: {e}");
                 continue;
             }
@@ -1649,6 +1671,7 @@ pub fn verify(dir: &Path) -> Result<String, StoreError> {
                     s,
                     "PROBLEM: generation {expected} is missing before {name}: start-up would refuse"
                 );
+                refuse.get_or_insert_with(|| format!("journal generation {expected} is missing"));
             }
             expected = *g + 1;
             if !stopped {
@@ -1668,15 +1691,19 @@ pub fn verify(dir: &Path) -> Result<String, StoreError> {
             "note: {o} (left by an interrupted write or by recovery; not read)"
         );
     }
-    let _ = writeln!(
-        s,
-        "start-up would load {} and replay {replay} journal records from generation {base}",
-        match (loaded[0], loaded[1]) {
-            (Some(_), _) => SNAPSHOT_FILE,
-            (None, Some(_)) => PREV_SNAPSHOT_FILE,
-            _ => "no snapshot",
-        }
-    );
+    if let Some(why) = &refuse {
+        let _ = writeln!(s, "start-up would REFUSE to start: {why}");
+    } else {
+        let _ = writeln!(
+            s,
+            "start-up would load {} and replay {replay} journal records from generation {base}",
+            match (loaded[0], loaded[1]) {
+                (Some(_), _) => SNAPSHOT_FILE,
+                (None, Some(_)) => PREV_SNAPSHOT_FILE,
+                _ => "no snapshot",
+            }
+        );
+    }
     if problems == 0 {
         let _ = writeln!(s, "ok: no problems found");
         Ok(s)
