@@ -18,6 +18,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{RngAlgorithm, TestCaseError};
 use seshat::engine::aggregate::Percentiles;
+use seshat::engine::series::{Point, Width};
 use seshat::engine::Engine;
 use seshat::model::{Config, Delivery, Event, LastBy, Message, Status, Ticket, UserId};
 use seshat::report::{LeaderEntry, OldestTicket, OverallStats, StatsV2, TimeBoundStats};
@@ -242,6 +243,90 @@ fn reference_stats(engine: &Engine, now: Micros, scope: usize) -> StatsV2 {
     }
 }
 
+/// The bucket starts of `/api/stats/timeseries` (series.rs), with their ISO
+/// spelling: from the start of the UTC hour or UTC day holding `since`, one
+/// bucket at a time, while the start is before `until`; plus the end of the
+/// last bucket. Computed with calendar arithmetic, not the engine's `div_euclid`.
+fn series_bounds(day: bool, since: Micros, until: Micros) -> Vec<(i64, String)> {
+    use jiff::{tz::TimeZone, ToSpan};
+    let at = jiff::Timestamp::from_microsecond(since.0)
+        .expect("in range")
+        .to_zoned(TimeZone::UTC);
+    let mut start = if day {
+        at.start_of_day().expect("in range")
+    } else {
+        at.with()
+            .minute(0)
+            .second(0)
+            .subsec_nanosecond(0)
+            .build()
+            .expect("in range")
+    };
+    let step = if day { 1.day() } else { 1.hour() };
+    let mut bounds = Vec::new();
+    loop {
+        let b = start.timestamp().as_microsecond();
+        // ISO 8601 in UTC; bucket starts are whole hours.
+        let iso = format!(
+            "{:04}-{:02}-{:02}T{:02}:00:00Z",
+            start.year(),
+            start.month(),
+            start.day(),
+            start.hour()
+        );
+        bounds.push((b, iso));
+        if b >= until.0 {
+            break;
+        }
+        start = start.checked_add(step).expect("in range");
+    }
+    bounds
+}
+
+/// `/api/stats/timeseries` by a plain scan: per bucket, tickets created in it,
+/// closed tickets with `closed_at` in it, tickets with `assigned_at` in it (first
+/// responded), and the mean and nearest-rank p90 of those tickets' hang times.
+fn reference_series(s: &Scan, day: bool, since: Micros, until: Micros) -> Vec<Point> {
+    let bounds = series_bounds(day, since, until);
+    let buckets = bounds.len() - 1;
+    // The bucket i with bounds[i] <= v < bounds[i + 1].
+    let bucket = |v: Micros| {
+        let i = bounds.partition_point(|b| b.0 <= v.0).checked_sub(1)?;
+        (i < buckets).then_some(i)
+    };
+    let mut created = vec![0u64; buckets];
+    let mut closed = vec![0u64; buckets];
+    let mut hangs: Vec<Vec<i64>> = vec![Vec::new(); buckets];
+    for t in &s.tickets {
+        if let Some(i) = bucket(t.created_at) {
+            created[i] += 1;
+        }
+        if t.status == Status::Closed {
+            if let Some(i) = t.closed_at.and_then(bucket) {
+                closed[i] += 1;
+            }
+        }
+        if let Some(i) = t.assigned_at.and_then(bucket) {
+            hangs[i].extend(hang(t));
+        }
+    }
+    (0..buckets)
+        .map(|i| {
+            let mut sorted = hangs[i].clone();
+            sorted.sort_unstable();
+            Point {
+                start: bounds[i].1.clone(),
+                created: created[i],
+                closed: closed[i],
+                first_responded: sorted.len() as u64,
+                mean_hang_time_minutes: mean(&sorted),
+                p90_hang_time_minutes: (!sorted.is_empty())
+                    .then(|| minutes(percentile(&sorted, 90))),
+            }
+        })
+        .collect()
+}
+
 // ====================================================================== comparison
 
 fn mean_ok(got: Option<f64>, want: Option<f64>) -> bool {
@@ -392,6 +477,36 @@ fn diff_stats(got: &StatsV2, want: &StatsV2) -> Vec<String> {
     out
 }
 
+/// Counts, starts and p90 exactly; means within 1e-9 relative.
+fn diff_series(got: &[Point], want: &[Point]) -> Vec<String> {
+    let mut out = Vec::new();
+    if got.len() != want.len() {
+        out.push(format!(
+            "{} buckets, reference {} (engine starts {:?}, reference {:?})",
+            got.len(),
+            want.len(),
+            got.first().map(|p| &p.start),
+            want.first().map(|p| &p.start)
+        ));
+    }
+    for (g, w) in got.iter().zip(want) {
+        let label = &w.start;
+        exact!(
+            out,
+            label,
+            g,
+            w,
+            start,
+            created,
+            closed,
+            first_responded,
+            p90_hang_time_minutes
+        );
+        approx!(out, label, g, w, mean_ok, mean_hang_time_minutes);
+    }
+    out
+}
+
 /// Invariants of the ticket state that lifecycle.md implies (and that real
 /// Slack `ts` ordering guarantees for durations to be non-negative), plus R10's
 /// "part of every answer given at now ≥ s" right after an answer at `now`.
@@ -493,6 +608,34 @@ enum Range {
     },
 }
 
+/// A `timeseries` question: width, the instant `since`, and `until`. Few
+/// buckets (≤ 73 hours or ≤ 21 days), so the scan stays cheap.
+#[derive(Debug, Clone)]
+struct SeriesAsk {
+    day: bool,
+    since: SeriesSince,
+    until: SeriesUntil,
+}
+
+#[derive(Debug, Clone)]
+enum SeriesSince {
+    /// `now_prev − back`.
+    Around(i64),
+    /// One of a ticket's timestamps ± 1 µs (on or next to a bucket edge when
+    /// the timestamp is).
+    Field { pick: Index, field: u8, delta: i64 },
+}
+
+#[derive(Debug, Clone)]
+enum SeriesUntil {
+    /// `since + len`, `len` from −1 bucket (no buckets) to the most buckets,
+    /// in millionths of that span.
+    After(i64),
+    /// `k` buckets after the start of `since`'s bucket, ± 1 µs (`k` is taken
+    /// modulo 21 for days).
+    Buckets { k: i64, delta: i64 },
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Top {
@@ -548,6 +691,7 @@ enum Op {
     Check {
         now: Now,
         range: Range,
+        series: SeriesAsk,
     },
 }
 
@@ -606,6 +750,20 @@ fn range_strategy() -> impl Strategy<Value = Range> {
     ]
 }
 
+fn series_strategy() -> impl Strategy<Value = SeriesAsk> {
+    let since =
+        prop_oneof![
+            (0..=20 * DAY).prop_map(SeriesSince::Around),
+            (any::<Index>(), 0u8..5, -1i64..=1)
+                .prop_map(|(pick, field, delta)| SeriesSince::Field { pick, field, delta }),
+        ];
+    let until = prop_oneof![
+        (0..=1_000_000i64).prop_map(SeriesUntil::After),
+        (0..=72i64, -1i64..=1).prop_map(|(k, delta)| SeriesUntil::Buckets { k, delta }),
+    ];
+    (any::<bool>(), since, until).prop_map(|(day, since, until)| SeriesAsk { day, since, until })
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (0u8..5, 0u8..7, 0u8..12, 0u8..4, when())
@@ -624,7 +782,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(joined, who, team, when)| Op::Member { joined, who, team, when }),
         1 => (any::<bool>(), when()).prop_map(|(learn_bot, when)| Op::Other { learn_bot, when }),
         1 => any::<Index>().prop_map(|pick| Op::Resend { pick }),
-        3 => (now_strategy(), range_strategy()).prop_map(|(now, range)| Op::Check { now, range }),
+        3 => (now_strategy(), range_strategy(), series_strategy())
+            .prop_map(|(now, range, series)| Op::Check { now, range, series }),
     ]
 }
 
@@ -1023,10 +1182,11 @@ impl Sim {
                     self.send(d);
                 }
             }
-            Op::Check { now, range } => {
+            Op::Check { now, range, series } => {
                 let now = self.now(now);
                 let range = self.range(range);
-                self.check(now, range)?;
+                let series = self.series(series);
+                self.check(now, range, series)?;
                 self.last_now = self.last_now.max(now.0);
             }
         }
@@ -1089,6 +1249,28 @@ impl Sim {
         }
     }
 
+    /// `(width, since, until)` of a timeseries question.
+    fn series(&self, ask: &SeriesAsk) -> (Width, Micros, Micros) {
+        let (width, w, most) = if ask.day {
+            (Width::Day, DAY, 20)
+        } else {
+            (Width::Hour, HOUR, 72)
+        };
+        let since = match &ask.since {
+            SeriesSince::Around(back) => self.last_now - back,
+            SeriesSince::Field { pick, field, delta } => {
+                self.ticket_field(pick, *field).unwrap_or(self.t_max) + delta
+            }
+        };
+        let until = match ask.until {
+            SeriesUntil::After(millionths) => since - w + millionths * (most + 1) * w / 1_000_000,
+            SeriesUntil::Buckets { k, delta } => {
+                since.div_euclid(w) * w + k % (most + 1) * w + delta
+            }
+        };
+        (width, Micros(since), Micros(until))
+    }
+
     fn scopes(&self) -> Result<Vec<usize>, TestCaseError> {
         prop_assert_eq!(self.engine.scope(None), Some(0));
         prop_assert_eq!(self.engine.scope(Some("CX")), None);
@@ -1105,6 +1287,7 @@ impl Sim {
         &mut self,
         now: Micros,
         (since, until): (Micros, Micros),
+        (width, s_since, s_until): (Width, Micros, Micros),
     ) -> Result<(), TestCaseError> {
         self.checks += 1;
         let scopes = self.scopes()?;
@@ -1136,6 +1319,30 @@ impl Sim {
                 self.engine.all_tickets().collect::<Vec<_>>()
             );
         }
+        // The time series after the stats_v2 answers, so stale closes up to `now`
+        // are in; one scope per check, in turn (a debug-build `to_iso` per bucket
+        // is slow enough to double the run time if every scope were checked).
+        let series_scope = scopes[self.checks % scopes.len()];
+        let got = self
+            .engine
+            .timeseries(width, s_since, s_until, series_scope);
+        let want = reference_series(
+            &Scan::new(&self.engine, series_scope),
+            width == Width::Day,
+            s_since,
+            s_until,
+        );
+        let diffs = diff_series(&got, &want);
+        prop_assert!(
+            diffs.is_empty(),
+            "timeseries {} [{}, {}) scope {}:\n{}\ntickets: {:#?}",
+            width.as_str(),
+            s_since,
+            s_until,
+            series_scope,
+            diffs.join("\n"),
+            self.engine.all_tickets().collect::<Vec<_>>()
+        );
         check_state(&self.engine, now).map_err(TestCaseError::fail)?;
         if let Some(twin) = self.twin.take() {
             // A snapshot restored now answers the same; so does the twin, which
@@ -1165,6 +1372,21 @@ impl Sim {
                     scope
                 );
             }
+            let want = self
+                .engine
+                .timeseries(width, s_since, s_until, series_scope);
+            prop_assert_eq!(
+                &fresh.timeseries(width, s_since, s_until, series_scope),
+                &want,
+                "fresh restore timeseries, scope {}",
+                series_scope
+            );
+            prop_assert_eq!(
+                &twin.timeseries(width, s_since, s_until, series_scope),
+                &want,
+                "restored twin timeseries, scope {}",
+                series_scope
+            );
             prop_assert!(
                 self.engine.all_tickets().eq(twin.all_tickets()),
                 "restored twin holds other tickets"
@@ -1183,17 +1405,21 @@ fn run_stream(config: Config, ops: &[Op], twin: bool) -> Result<usize, TestCaseE
     }
     // A final answer far in the future: every ticket has left every window.
     let end = Micros(sim.t_max.max(sim.last_now) + 30 * DAY);
-    sim.check(end, (Micros(START), end))?;
+    // And the first 20 days of the stream by day.
+    let days = (Width::Day, Micros(START), Micros(START + 20 * DAY));
+    sim.check(end, (Micros(START), end), days)?;
     Ok(sim.checks)
 }
 
 /// Case counts: `PROPTEST_CASES` when set (for longer runs), else `default`.
 ///
 /// The defaults keep the debug-build run (`cargo test --test reference`) well
-/// under a minute: most of the time goes to the engine's histogram reads, which
-/// are slow without optimisations. Measured on a loaded 2-core machine: 2000
-/// cases of the main property took ~50 s of CPU (62 s wall), so it runs 1500
-/// (~38 s); the restore property, 300 cases, ~20 s.
+/// under a minute. Measured on a loaded 2-core machine: 2000 cases of the main
+/// property took ~50 s of CPU (62 s wall), so it ran 1500 (~38 s); the restore
+/// property, 300 cases, ~20 s. On a quiet machine the whole file (both
+/// properties in parallel) took 10.5 s with 1500 cases; the time-series check
+/// added 10–20% (the engine's per-bucket `to_iso` is slow without
+/// optimisations), so the main property now runs 1300 cases: 10.6–11.4 s.
 fn config_with_cases(default: u32) -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
@@ -1208,10 +1434,10 @@ fn config_with_cases(default: u32) -> ProptestConfig {
 }
 
 proptest! {
-    #![proptest_config(config_with_cases(1500))]
+    #![proptest_config(config_with_cases(1300))]
 
-    /// stats_v2 (every scope, every field) and range_stats equal the reference
-    /// at every check of a random stream of 20–200 events.
+    /// stats_v2 (every scope, every field), range_stats and timeseries equal
+    /// the reference at every check of a random stream of 20–200 events.
     #[test]
     fn engine_matches_reference((config, ops) in stream()) {
         run_stream(config, &ops, false)?;

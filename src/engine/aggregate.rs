@@ -52,7 +52,8 @@ pub struct Percentiles {
 /// `added − removed`. Beside them, a signed total per HdrHistogram bucket (one
 /// per power of two) lets a percentile read find the right power of two in
 /// at most 64 steps and then walk only its 128 sub-buckets: O(1) to record,
-/// O(1) (a few hundred counter reads, no allocation) to read.
+/// O(1) (a few hundred counter reads, no allocation) to read. The answer is
+/// cached until the next change, so a read of an unchanged window is free.
 #[derive(Debug, Clone)]
 pub struct Dist {
     added: Histogram<u64>,
@@ -60,6 +61,8 @@ pub struct Dist {
     /// Live values per power-of-two group (see [`group_of`]).
     groups: [i64; 64],
     live: i64,
+    /// The last answer, until the next `add`.
+    cached: Option<Option<Percentiles>>,
 }
 
 /// Two significant digits: bucket width ≤ 1/128 of the value, so the
@@ -94,6 +97,7 @@ impl Default for Dist {
             removed: new(),
             groups: [0; 64],
             live: 0,
+            cached: None,
         }
     }
 }
@@ -114,6 +118,7 @@ impl Dist {
         }
         self.groups[group_of(v)] += sign;
         self.live += sign;
+        self.cached = None;
     }
 
     /// Live count of the bucket holding `v`.
@@ -129,38 +134,50 @@ impl Dist {
         at(&self.added) - at(&self.removed)
     }
 
-    /// The bucket midpoint of the value of rank `rank` (1-based).
-    fn value_of_rank(&self, rank: i64) -> u64 {
+    /// The bucket midpoints of the values of the given ascending ranks (1-based),
+    /// in one walk: skip whole powers of two by their totals, then step through
+    /// the sub-buckets of the groups that hold a wanted rank.
+    fn values_of_ranks<const N: usize>(&self, ranks: [i64; N]) -> [u64; N] {
+        let mut out = [self.added.max(); N];
+        let mut found = 0;
         let mut before = 0i64;
         for (g, n) in self.groups.iter().enumerate() {
-            if before + n < rank {
+            if found == N {
+                break;
+            }
+            if before + n < ranks[found] {
                 before += n;
                 continue;
             }
             let end = group_start(g + 1);
             let mut v = group_start(g);
-            while v < end {
+            while v < end && found < N {
                 before += self.count_at(v);
-                if before >= rank {
-                    return self.added.median_equivalent(v);
+                while found < N && before >= ranks[found] {
+                    out[found] = self.added.median_equivalent(v);
+                    found += 1;
                 }
                 v = self.added.next_non_equivalent(v);
             }
         }
-        self.added.max()
+        out
     }
 
     /// Nearest-rank p50/p90/p99, each the midpoint of the bucket holding the exact value.
-    pub fn percentiles(&self) -> Option<Percentiles> {
-        if self.live <= 0 {
-            return None;
+    pub fn percentiles(&mut self) -> Option<Percentiles> {
+        if let Some(p) = self.cached {
+            return p;
         }
-        // The smallest v with at least X% of values ≤ v is the value of rank ceil(X·n/100).
-        let [p50, p90, p99] = [50i64, 90, 99].map(|x| {
-            let rank = (x * self.live + 99) / 100;
-            self.value_of_rank(rank.max(1)) as f64 / MICROS_PER_MINUTE
+        let p = (self.live > 0).then(|| {
+            // The smallest v with at least X% of values ≤ v is the value of rank ceil(X·n/100).
+            let ranks = [50i64, 90, 99].map(|x| ((x * self.live + 99) / 100).max(1));
+            let [p50, p90, p99] = self
+                .values_of_ranks(ranks)
+                .map(|v| v as f64 / MICROS_PER_MINUTE);
+            Percentiles { p50, p90, p99 }
         });
-        Some(Percentiles { p50, p90, p99 })
+        self.cached = Some(p);
+        p
     }
 }
 
