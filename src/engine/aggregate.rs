@@ -211,15 +211,30 @@ pub struct Agg {
 impl Agg {
     /// Adds (`sign` = 1) or removes (`sign` = -1) one ticket seen through `mask`.
     pub fn contribute(&mut self, t: &Ticket, mask: u8, sign: i64) {
-        let created = mask & IN_CREATED != 0;
-        let closed = t.status == Status::Closed;
-        if created {
-            self.new_total += sign;
-            self.new_by_status[t.status.index()] += sign;
+        self.edge_part(t, mask, sign);
+        if mask & IN_CREATED != 0 {
+            self.created_part(t, sign);
         }
-        if closed && mask & IN_CLOSED != 0 {
+    }
+
+    /// Moves a ticket from one mask to another as a window slides over it. When
+    /// `created_at` stays on the same side, the means and distributions (which
+    /// depend only on it) are left alone rather than removed and re-added.
+    pub fn remask(&mut self, t: &Ticket, old: u8, new: u8) {
+        if (old ^ new) & IN_CREATED != 0 {
+            self.contribute(t, old, -1);
+            self.contribute(t, new, 1);
+        } else {
+            self.edge_part(t, old, -1);
+            self.edge_part(t, new, 1);
+        }
+    }
+
+    /// What depends on `closed_at` / `assigned_at` being in the window.
+    fn edge_part(&mut self, t: &Ticket, mask: u8, sign: i64) {
+        if t.status == Status::Closed && mask & IN_CLOSED != 0 {
             self.closed_in += sign;
-            if created {
+            if mask & IN_CREATED != 0 {
                 self.closed_from_in += sign;
             }
             if let Some(u) = t.closed_by {
@@ -233,9 +248,13 @@ impl Agg {
         if t.status == Status::InProgress && mask & IN_ASSIGNED != 0 {
             self.assigned_in_progress += sign;
         }
-        if !created {
-            return;
-        }
+    }
+
+    /// What depends only on `created_at` being in the window.
+    fn created_part(&mut self, t: &Ticket, sign: i64) {
+        let closed = t.status == Status::Closed;
+        self.new_total += sign;
+        self.new_by_status[t.status.index()] += sign;
         if let Some(a) = t.assigned_at {
             let hang = a.0 - t.created_at.0;
             self.hang_all.add(hang, sign);

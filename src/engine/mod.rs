@@ -676,8 +676,7 @@ impl Engine {
                 for w in 0..WINDOWS.len() {
                     if old[w] != new[w] {
                         for gi in [0, g] {
-                            self.groups[gi].windows[w].contribute(t, old[w], -1);
-                            self.groups[gi].windows[w].contribute(t, new[w], 1);
+                            self.groups[gi].windows[w].remask(t, old[w], new[w]);
                         }
                     }
                 }
