@@ -8,12 +8,12 @@
 //! 1k-ticket engine, as a smoke test. Every loop is bounded by a request count.
 
 mod common;
+#[path = "../tests/signing/mod.rs"]
+mod signing;
 
-use reqwest_free_hmac::{Hmac, Mac};
 use serde_json::json;
 use seshat::server::{serve, App, Clock, Settings};
 use seshat::time::Micros;
-use sha2::Sha256;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,14 +90,9 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
-/// Slack's request signature: `v0=` + hex HMAC-SHA256 of `v0:{ts}:{body}`.
+/// Slack's request signature for the bench's secret.
 fn sign(ts: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(b"v0:");
-    mac.update(ts.as_bytes());
-    mac.update(b":");
-    mac.update(body);
-    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
+    signing::sign(SECRET, ts, body)
 }
 
 fn signed_post(body: &[u8], ts: &str) -> Vec<u8> {

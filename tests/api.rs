@@ -8,13 +8,14 @@
 //! Expected values are computed by hand from `fixtures/README.md` and the
 //! fixture files; durations in comments are `ts` differences.
 
-use reqwest_free_hmac::{Hmac, Mac};
+#[path = "signing/mod.rs"]
+mod signing;
 use serde_json::{json, Value};
 use seshat::engine::Engine;
 use seshat::model::Config;
 use seshat::server::{serve, App, Clock, Settings, MAX_BODY};
 use seshat::time::Micros;
-use sha2::Sha256;
+use signing::sign;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -327,16 +328,6 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
         .as_secs() as i64
-}
-
-/// Slack's request signature: `v0=` + hex HMAC-SHA256 of `v0:{ts}:{body}`.
-fn sign(secret: &str, ts: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(b"v0:");
-    mac.update(ts.as_bytes());
-    mac.update(b":");
-    mac.update(body);
-    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 fn fixture(name: &str) -> Vec<u8> {

@@ -22,13 +22,14 @@
 //! Every wait is a polling loop whose deadline is a failure bound only: no
 //! duration is asserted.
 
-use reqwest_free_hmac::{Hmac, Mac};
+#[path = "signing/mod.rs"]
+mod signing;
 use serde_json::{json, Value};
 use seshat::demo::{self, Demo};
 use seshat::engine::Engine;
 use seshat::server::{serve, App, Clock, Settings};
 use seshat::time::{Micros, DAY};
-use sha2::Sha256;
+use signing::sign;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -342,16 +343,6 @@ fn wait_for<T>(what: &str, seconds: u64, mut probe: impl FnMut() -> Option<T>) -
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Slack's request signature: `v0=` + hex HMAC-SHA256 of `v0:{ts}:{body}`.
-fn sign(secret: &str, ts: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(b"v0:");
-    mac.update(ts.as_bytes());
-    mac.update(b":");
-    mac.update(body);
-    format!("v0={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 // ====================================================================== HTTP/1.1

@@ -12,13 +12,13 @@
 //! or when `mount` fails, it prints why and passes without checking (CI runs as
 //! root).
 
-use reqwest_free_hmac::{Hmac, Mac};
+#[path = "signing/mod.rs"]
+mod signing;
 use serde_json::{json, Value};
 use seshat::engine::{Engine, TicketQuery};
 use seshat::model::{Config, Delivery};
 use seshat::slack::{self, Body};
 use seshat::time::Micros;
-use sha2::Sha256;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -369,18 +369,11 @@ fn unix_now() -> i64 {
 /// Slack's headers for `body`, signed now: `v0=` + hex HMAC-SHA256 of `v0:{ts}:{body}`.
 fn signed_headers(body: &[u8]) -> Vec<(&'static str, String)> {
     let ts = unix_now().to_string();
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(b"v0:");
-    mac.update(ts.as_bytes());
-    mac.update(b":");
-    mac.update(body);
+    let signature = signing::sign(SECRET, &ts, body);
     vec![
         ("Content-Type", "application/json".to_string()),
         ("X-Slack-Request-Timestamp", ts),
-        (
-            "X-Slack-Signature",
-            format!("v0={}", hex::encode(mac.finalize().into_bytes())),
-        ),
+        ("X-Slack-Signature", signature),
     ]
 }
 
